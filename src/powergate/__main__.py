@@ -1,0 +1,5 @@
+"""``python -m powergate`` runs the ``powergate`` command."""
+
+from powergate.cli import run
+
+run()

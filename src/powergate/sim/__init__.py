@@ -1,0 +1,1 @@
+"""Virtual prepaid meters and fleets that speak the real protocols."""
