@@ -10,8 +10,12 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_HOST = os.environ.get("POWERGATE_TEST_PG_HOST", "127.0.0.1")
@@ -59,3 +63,64 @@ def postgres_url() -> Iterator[str]:
 def mqtt_broker() -> tuple[str, int]:
     require_service("MQTT broker", MQTT_HOST, MQTT_PORT)
     return MQTT_HOST, MQTT_PORT
+
+
+# --- databases -------------------------------------------------------------------------------------------
+
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated SQLite file that each test copies (migrating once keeps the suite fast)."""
+    from powergate.store.db import upgrade
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_url(postgres_url: str) -> str:
+    from powergate.store.db import upgrade
+
+    upgrade(postgres_url)
+    return postgres_url
+
+
+def _truncate_all(url: str) -> None:
+    from sqlalchemy import text
+
+    from powergate.store.db import make_engine
+    from powergate.store.tables import metadata
+
+    engine = make_engine(url)
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> str:
+    """A migrated, empty database: a fresh SQLite file, or the session's PostgreSQL database truncated."""
+    import shutil
+    from pathlib import Path
+
+    if request.param == "sqlite":
+        template = request.getfixturevalue("sqlite_template")
+        target = Path(tmp_path) / "powergate.db"
+        shutil.copyfile(template, target)
+        return f"sqlite:///{target}"
+    url = request.getfixturevalue("migrated_postgres_url")
+    _truncate_all(url)
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    from powergate.store.db import make_engine
+
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from enum import Enum
+from enum import StrEnum
 
 WH_PER_KWH = 1000
 L_PER_M3 = 1000
 NANOS_PER_MICRO = 1000
 
 
-class Commodity(str, Enum):
+class Commodity(StrEnum):
     """What a meter measures. Prices are per kWh (electricity) or per m³ (water)."""
 
     ELECTRICITY = "electricity"
@@ -40,7 +40,7 @@ _QTY_RE = re.compile(r"^[+-]?\d+(\.\d+)?$")
 
 def parse_quantity(text: str | int | Decimal, *, field: str = "quantity") -> int:
     """Parse a decimal kWh (or m³) value into Wh (or litres), exactly; at most 3 decimals."""
-    if isinstance(text, bool) or isinstance(text, float):
+    if isinstance(text, (bool, float)):
         raise ValueError(f"{field}: expected a decimal string or integer, got {text!r}")
     if isinstance(text, int):
         return text * WH_PER_KWH

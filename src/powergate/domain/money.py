@@ -32,7 +32,7 @@ class Currency:
 
     @property
     def micros_per_minor(self) -> int:
-        return MICROS_PER_UNIT // 10**self.exponent
+        return MICROS_PER_UNIT // int(10**self.exponent)
 
 
 CNY = Currency("CNY", 2, "¥")
@@ -67,7 +67,9 @@ def parse_micros(text: str | int | Decimal, *, field: str = "amount", max_decima
     if isinstance(text, bool):
         raise ValueError(f"{field}: expected a decimal amount, got {text!r}")
     if isinstance(text, float):
-        raise ValueError(f"{field}: floats are not accepted for money; write the amount as a string, e.g. '1.50'")
+        raise ValueError(
+            f"{field}: floats are not accepted for money; write the amount as a string, e.g. '1.50'"
+        )
     if isinstance(text, int):
         return text * MICROS_PER_UNIT
     raw = str(text).strip()
@@ -117,5 +119,7 @@ def format_money(amount_micros: int, cur: Currency = CNY, *, symbol: bool = True
 
 def format_decimal(amount_micros: int, decimals: int = 2) -> str:
     """Plain decimal text for machine output (JSON): ``"145.00"``; rounds by ``ROUNDING_RULE``."""
-    value = (Decimal(amount_micros) / MICROS_PER_UNIT).quantize(Decimal(1).scaleb(-decimals), rounding=ROUNDING_RULE)
+    value = (Decimal(amount_micros) / MICROS_PER_UNIT).quantize(
+        Decimal(1).scaleb(-decimals), rounding=ROUNDING_RULE
+    )
     return f"{value:.{decimals}f}"

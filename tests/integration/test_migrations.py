@@ -1,0 +1,18 @@
+"""Migrations build exactly the schema the code declares, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine
+
+from powergate.store.db import current_revision
+from powergate.store.tables import metadata
+
+
+def test_the_migrated_schema_matches_the_table_definitions(engine: Engine, db_url: str) -> None:
+    assert current_revision(db_url) is not None
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        differences = compare_metadata(context, metadata)
+    assert differences == []
