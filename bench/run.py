@@ -12,8 +12,8 @@ import argparse
 import datetime as dt
 import importlib
 import os
-import platform
 import pkgutil
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +39,9 @@ def machine_description() -> str:
 
 def git_revision() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -12,7 +12,19 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "powergate"
-ORDER = ["domain", "protocols", "store", "headend", "services", "payments", "notify", "sim", "api", "web", "cli"]
+ORDER = [
+    "domain",
+    "protocols",
+    "store",
+    "headend",
+    "services",
+    "payments",
+    "notify",
+    "sim",
+    "api",
+    "web",
+    "cli",
+]
 PURE_THIRD_PARTY = {"holidays"}
 ALLOWED_INNER = {
     "domain": {"domain"},
@@ -54,4 +66,6 @@ def test_inner_layers_never_import_outer_layers() -> None:
             for name in imported_modules(path):
                 parts = name.split(".")
                 if parts[0] == "powergate" and len(parts) > 1:
-                    assert parts[1] not in outer, f"{path.relative_to(SRC)} ({layer}) imports outer layer {name}"
+                    assert parts[1] not in outer, (
+                        f"{path.relative_to(SRC)} ({layer}) imports outer layer {name}"
+                    )
