@@ -17,9 +17,7 @@ from powergate.store.db import make_engine
 NOW = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
 
 
-def test_upgrade_then_audit_a_clean_and_a_tampered_ledger(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_upgrade_then_audit_a_clean_and_a_tampered_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'pg.db'}"
     assert main(["db", "--url", url, "upgrade"]) == 0
     assert "revision 0001" in capsys.readouterr().out

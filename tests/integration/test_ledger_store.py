@@ -126,9 +126,7 @@ def test_the_audit_names_a_tampered_balance_and_an_unbalanced_entry(engine: Engi
             text("UPDATE ledger_accounts SET balance_micros = balance_micros + 1 WHERE code = :c"),
             {"c": wallet},
         )
-        conn.execute(
-            text("UPDATE ledger_postings SET amount_micros = -6999999 WHERE amount_micros = -7000000")
-        )
+        conn.execute(text("UPDATE ledger_postings SET amount_micros = -6999999 WHERE amount_micros = -7000000"))
     with engine.connect() as conn:
         problems = {p.subject: p.message for p in store.audit(conn)}
     assert any(s.startswith("entry ") and "summing to 1" in m for s, m in problems.items())

@@ -97,9 +97,7 @@ def test_every_message_kind_crosses_the_broker_and_decodes_to_what_was_sent(
             Command("c1", meter, AT, AT + timedelta(minutes=5), Recharge(100_000_000, 8)),
         )
     ]
-    sent.append(
-        (message_topic(site, RawFrame(meter, b"\x68\x16"), Direction.DOWN), RawFrame(meter, b"\x68\x16"))
-    )
+    sent.append((message_topic(site, RawFrame(meter, b"\x68\x16"), Direction.DOWN), RawFrame(meter, b"\x68\x16")))
 
     async def scenario() -> None:
         async with client(mqtt_broker) as subscriber, client(mqtt_broker) as publisher:
@@ -147,9 +145,7 @@ def test_a_shared_subscription_hands_each_uplink_message_to_exactly_one_worker(
 
     run(scenario)
     everything = per_worker["a"] + per_worker["b"]
-    assert sorted(everything) == sorted(r.reading_id for r in readings), (
-        "each message reached exactly one worker"
-    )
+    assert sorted(everything) == sorted(r.reading_id for r in readings), "each message reached exactly one worker"
     assert per_worker["a"] and per_worker["b"], "the broker spread the group's messages over both workers"
 
 

@@ -189,18 +189,16 @@ def test_our_words_are_the_words_pymodbus_produces_for_the_same_value(
     ours = encode_value(reg(data_type, order), value)
     theirs = ModbusClientMixin.convert_to_registers(value, PYMODBUS_TYPES[data_type], word_order=order.value)
     assert list(ours) == theirs  # type: ignore[arg-type]
-    assert ModbusClientMixin.convert_from_registers(
-        theirs, PYMODBUS_TYPES[data_type], word_order=order.value
-    ) == (decode_value(reg(data_type, order), theirs))
+    assert ModbusClientMixin.convert_from_registers(theirs, PYMODBUS_TYPES[data_type], word_order=order.value) == (
+        decode_value(reg(data_type, order), theirs)
+    )
 
 
 @pytest.mark.parametrize("order", list(WordOrder))
 @given(value=st.integers(-(2**24), 2**24))
 @settings(max_examples=50, deadline=None)
 def test_our_f32_words_are_the_words_pymodbus_produces(order: WordOrder, value: int) -> None:
-    theirs = ModbusClientMixin.convert_to_registers(
-        float(value), ModbusClientMixin.DATATYPE.FLOAT32, order.value
-    )
+    theirs = ModbusClientMixin.convert_to_registers(float(value), ModbusClientMixin.DATATYPE.FLOAT32, order.value)
     assert list(encode_value(reg(DataType.F32, order), value)) == theirs  # type: ignore[arg-type]
 
 
@@ -352,14 +350,10 @@ def test_the_generic_meter_trips_with_a_single_coil_write() -> None:
     words=st.lists(st.integers(0, 0xFFFF), max_size=40),
 )
 @settings(max_examples=300, deadline=None)
-def test_block_and_write_decoders_never_raise_on_any_words(
-    table: Table, address: int, words: list[int]
-) -> None:
+def test_block_and_write_decoders_never_raise_on_any_words(table: Table, address: int, words: list[int]) -> None:
     for a_map in BUILT_IN_MAPS.values():
         values, errors = decode_block(a_map, table, address, words)
-        assert all(isinstance(v, int) for v in values.values()) and all(
-            isinstance(e, CodecError) for e in errors
-        )
+        assert all(isinstance(v, int) for v in values.values()) and all(isinstance(e, CodecError) for e in errors)
         assert isinstance(decode_write(a_map, table, address, words), dict | CodecError)
 
 
@@ -411,8 +405,6 @@ def test_an_unknown_model_lists_the_known_ones() -> None:
 def test_the_docs_show_every_built_in_map_as_it_is() -> None:
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocols" / "modbus.md").read_text(
-        encoding="utf-8"
-    )
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocols" / "modbus.md").read_text(encoding="utf-8")
     for a_map in BUILT_IN_MAPS.values():
         assert render_markdown(a_map) in doc, f"docs/protocols/modbus.md is stale for {a_map.model}"

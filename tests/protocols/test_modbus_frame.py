@@ -85,9 +85,7 @@ def test_our_write_requests_are_byte_for_byte_the_frames_pymodbus_builds() -> No
     )
     trip = encode_write(GENERIC_THREE_PHASE, {"relay_command": 1})
     assert not isinstance(recharge, CodecError) and not isinstance(trip, CodecError)
-    theirs = regs.WriteMultipleRegistersRequest(
-        address=0x31, registers=[0, 10_000, 8], dev_id=1, transaction_id=7
-    )
+    theirs = regs.WriteMultipleRegistersRequest(address=0x31, registers=[0, 10_000, 8], dev_id=1, transaction_id=7)
     assert tcp_frame(7, 1, write_request_pdu(recharge)) == SOCKET.buildFrame(theirs)
     assert rtu_frame(1, write_request_pdu(trip)) == RTU.buildFrame(
         bits.WriteSingleCoilRequest(address=0, bits=[True], dev_id=1)
@@ -98,9 +96,7 @@ def test_a_multi_coil_write_packs_bits_lowest_first_like_pymodbus() -> None:
     from powergate.protocols.modbus import WriteRequest
 
     ours = rtu_frame(1, write_request_pdu(WriteRequest(Table.COIL, 0, (1, 0, 1))))
-    assert ours == RTU.buildFrame(
-        bits.WriteMultipleCoilsRequest(address=0, bits=[True, False, True], dev_id=1)
-    )
+    assert ours == RTU.buildFrame(bits.WriteMultipleCoilsRequest(address=0, bits=[True, False, True], dev_id=1))
 
 
 GOLDEN_DESCRIPTIONS = [
@@ -141,9 +137,7 @@ GOLDEN_DESCRIPTIONS = [
 
 
 @pytest.mark.parametrize(("hex_frame", "expected"), GOLDEN_DESCRIPTIONS)
-def test_describe_frame_names_the_fields_of_golden_frames(
-    hex_frame: str, expected: dict[str, object]
-) -> None:
+def test_describe_frame_names_the_fields_of_golden_frames(hex_frame: str, expected: dict[str, object]) -> None:
     described = describe_frame(bytes.fromhex(hex_frame))
     assert {key: described.get(key) for key in expected} == expected
     json.dumps(described)  # every value is JSON-ready for `powergate frame decode`

@@ -94,9 +94,7 @@ def sim_device(register_map: RegisterMap, values: dict[str, int]) -> SimDevice:
     """A pymodbus device with four separate tables; a table the map leaves empty gets one far-away filler."""
     tables: list[list[SimData]] = []
     for table in (Table.COIL, Table.DISCRETE_INPUT, Table.HOLDING, Table.INPUT):
-        filler = SimData(
-            0xF000, values=[False] * 16 if table.is_bits else [0], datatype=SIM_TYPE[table.is_bits]
-        )
+        filler = SimData(0xF000, values=[False] * 16 if table.is_bits else [0], datatype=SIM_TYPE[table.is_bits])
         tables.append(sim_blocks(register_map, table, values) or [filler])
     coils, inputs, holding, input_registers = tables
     return SimDevice(id=UNIT_ID, simdata=(coils, inputs, holding, input_registers))
@@ -115,9 +113,7 @@ def run_against_server(register_map: RegisterMap, values: dict[str, int], scenar
 
     async def main() -> None:
         port = free_port()
-        server = ModbusTcpServer(
-            sim_device(register_map, values), address=("127.0.0.1", port), trace_packet=trace
-        )
+        server = ModbusTcpServer(sim_device(register_map, values), address=("127.0.0.1", port), trace_packet=trace)
         await server.serve_forever(background=True)
         client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5)
         try:
@@ -179,9 +175,7 @@ def test_a_recharge_and_a_coil_trip_written_by_pymodbus_land_as_our_codec_meant(
     async def scenario(client: AsyncModbusTcpClient) -> None:
         reply = await client.write_registers(recharge.address, list(recharge.words), device_id=UNIT_ID)
         assert not reply.isError()
-        back = await client.read_holding_registers(
-            recharge.address, count=len(recharge.words), device_id=UNIT_ID
-        )
+        back = await client.read_holding_registers(recharge.address, count=len(recharge.words), device_id=UNIT_ID)
         landed.append(decode_write(ACREL_SINGLE_PHASE, Table.HOLDING, recharge.address, back.registers))
         outside = await client.read_holding_registers(0x002A, count=1, device_id=UNIT_ID)
         assert outside.isError()  # an address no register defines: illegal data address

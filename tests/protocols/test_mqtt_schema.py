@@ -65,9 +65,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "protocols" / "mqtt.md"
         ("pg/v1/s/m/down/raw", Topic("s", "m", Direction.DOWN, Kind.RAW)),
     ],
 )
-def test_a_topic_parses_into_site_meter_direction_and_kind_and_prints_back(
-    text: str, expected: Topic
-) -> None:
+def test_a_topic_parses_into_site_meter_direction_and_kind_and_prints_back(text: str, expected: Topic) -> None:
     assert parse_topic(text) == expected
     assert str(expected) == text
 
@@ -256,9 +254,7 @@ readings = st.builds(
     st.none() | st.tuples(*[st.integers(0, 10**12)] * 4), instants,
     st.none() | amounts, st.none() | counts, st.none() | st.sampled_from(mqtt.RELAY_STATES),
 )  # fmt: skip
-events = st.builds(
-    Event, ids, ids, times, st.sampled_from(EVENT_TYPES), st.none() | counts, st.none() | texts
-)
+events = st.builds(Event, ids, ids, times, st.sampled_from(EVENT_TYPES), st.none() | counts, st.none() | texts)
 params = st.one_of(
     st.builds(Trip, st.none() | texts),
     st.builds(Close, st.none() | texts),
@@ -312,9 +308,7 @@ def vars_of(message: object) -> list[object]:
 @given(kind=st.sampled_from(list(Kind)), payload=st.binary(max_size=200))
 @settings(max_examples=500)
 def test_decoding_random_bytes_gives_a_schema_error_or_a_message(kind: Kind, payload: bytes) -> None:
-    assert isinstance(
-        decode(kind, payload), SchemaError | mqtt.Reading | Event | Command | Ack | Status | RawFrame
-    )
+    assert isinstance(decode(kind, payload), SchemaError | mqtt.Reading | Event | Command | Ack | Status | RawFrame)
 
 
 json_values = st.recursive(
@@ -352,9 +346,7 @@ def test_every_example_in_the_mqtt_docs_decodes_and_is_in_canonical_form() -> No
     assert kinds == set(Kind), "the docs show an example of every message kind"
     commands = set()
     for topic_suffix, text in examples:
-        decoded = decode_for_topic(
-            f"pg/v1/site-01/000000000001/{topic_suffix}", json.dumps(json.loads(text)).encode()
-        )
+        decoded = decode_for_topic(f"pg/v1/site-01/000000000001/{topic_suffix}", json.dumps(json.loads(text)).encode())
         assert not isinstance(decoded, SchemaError), f"{topic_suffix}: {decoded}"
         assert to_json(decoded[1]) == json.loads(text)
         if isinstance(decoded[1], Command):

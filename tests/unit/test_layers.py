@@ -66,6 +66,4 @@ def test_inner_layers_never_import_outer_layers() -> None:
             for name in imported_modules(path):
                 parts = name.split(".")
                 if parts[0] == "powergate" and len(parts) > 1:
-                    assert parts[1] not in outer, (
-                        f"{path.relative_to(SRC)} ({layer}) imports outer layer {name}"
-                    )
+                    assert parts[1] not in outer, f"{path.relative_to(SRC)} ({layer}) imports outer layer {name}"

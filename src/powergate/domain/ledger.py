@@ -110,9 +110,7 @@ def make_entry(
     if event_at.tzinfo is None or event_at.utcoffset() is None:
         raise LedgerError(f"entry {idempotency_key}: event time {event_at.isoformat()} has no time zone")
     if not 2 <= len(items) <= MAX_POSTINGS_PER_ENTRY:
-        raise LedgerError(
-            f"entry {idempotency_key}: needs 2..{MAX_POSTINGS_PER_ENTRY} postings, has {len(items)}"
-        )
+        raise LedgerError(f"entry {idempotency_key}: needs 2..{MAX_POSTINGS_PER_ENTRY} postings, has {len(items)}")
     for posting in items:
         account_kind(posting.account)
         if posting.amount_micros == 0:

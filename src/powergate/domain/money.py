@@ -67,9 +67,7 @@ def parse_micros(text: str | int | Decimal, *, field: str = "amount", max_decima
     if isinstance(text, bool):
         raise ValueError(f"{field}: expected a decimal amount, got {text!r}")
     if isinstance(text, float):
-        raise ValueError(
-            f"{field}: floats are not accepted for money; write the amount as a string, e.g. '1.50'"
-        )
+        raise ValueError(f"{field}: floats are not accepted for money; write the amount as a string, e.g. '1.50'")
     if isinstance(text, int):
         return text * MICROS_PER_UNIT
     raw = str(text).strip()
@@ -119,7 +117,5 @@ def format_money(amount_micros: int, cur: Currency = CNY, *, symbol: bool = True
 
 def format_decimal(amount_micros: int, decimals: int = 2) -> str:
     """Plain decimal text for machine output (JSON): ``"145.00"``; rounds by ``ROUNDING_RULE``."""
-    value = (Decimal(amount_micros) / MICROS_PER_UNIT).quantize(
-        Decimal(1).scaleb(-decimals), rounding=ROUNDING_RULE
-    )
+    value = (Decimal(amount_micros) / MICROS_PER_UNIT).quantize(Decimal(1).scaleb(-decimals), rounding=ROUNDING_RULE)
     return f"{value:.{decimals}f}"

@@ -141,9 +141,7 @@ class Topic:
     kind: Kind
 
     def __post_init__(self) -> None:
-        assert valid_id(self.site) and valid_id(self.meter), (
-            f"bad site or meter id: {self.site!r}/{self.meter!r}"
-        )
+        assert valid_id(self.site) and valid_id(self.meter), f"bad site or meter id: {self.site!r}/{self.meter!r}"
         assert self.kind in TOPIC_KINDS[self.direction], f"no {self.kind} topic {self.direction}"
 
     def __str__(self) -> str:
@@ -164,9 +162,7 @@ def parse_topic(text: str) -> Topic | SchemaError:
         return SchemaError("topic", f"{text!r} is not pg/v<version>/<site>/<meter>/<up|down>/<kind>")
     _root, version, site, meter, direction, kind = parts
     if version != f"v{SCHEMA_VERSION}":
-        return SchemaError(
-            "topic", f"version {version!r} is not supported; this build reads v{SCHEMA_VERSION}"
-        )
+        return SchemaError("topic", f"version {version!r} is not supported; this build reads v{SCHEMA_VERSION}")
     if not valid_id(site) or not valid_id(meter):
         return SchemaError("topic", f"bad site or meter id in {text!r}")
     if direction not in ("up", "down"):
@@ -435,9 +431,7 @@ def encode(message: Message) -> bytes:
     """
     payload = json.dumps(to_json(message), ensure_ascii=False, separators=(",", ":")).encode()
     checked = decode(kind_of(message), payload)
-    assert not isinstance(checked, SchemaError), (
-        f"refusing to encode an invalid {kind_of(message)}: {checked}"
-    )
+    assert not isinstance(checked, SchemaError), f"refusing to encode an invalid {kind_of(message)}: {checked}"
     return payload
 
 
@@ -491,9 +485,7 @@ class _Object:
             _fail(self.name(key), f"{value} is outside {low}..{high}")
         return value
 
-    def optional_integer(
-        self, key: str, low: int = -MAX_ABS_INTEGER, high: int = MAX_ABS_INTEGER
-    ) -> int | None:
+    def optional_integer(self, key: str, low: int = -MAX_ABS_INTEGER, high: int = MAX_ABS_INTEGER) -> int | None:
         return self.integer(key, low, high) if self.has(key) else None
 
     def text(self, key: str, limit: int = MAX_TEXT_LENGTH) -> str:
@@ -508,9 +500,7 @@ class _Object:
     def ident(self, key: str) -> str:
         value = self.need(key)
         if not valid_id(value):  # type: ignore[arg-type]
-            _fail(
-                self.name(key), "expected an id of 1-64 characters A-Z a-z 0-9 _ . - (starting alphanumeric)"
-            )
+            _fail(self.name(key), "expected an id of 1-64 characters A-Z a-z 0-9 _ . - (starting alphanumeric)")
         return value  # type: ignore[return-value]
 
     def optional_ident(self, key: str) -> str | None:
@@ -528,9 +518,7 @@ class _Object:
     def timestamp(self, key: str) -> datetime:
         value = self.need(key)
         if not isinstance(value, str) or len(value) > 40:
-            _fail(
-                self.name(key), "expected an ISO 8601 timestamp with offset, e.g. 2026-03-01T08:00:00+08:00"
-            )
+            _fail(self.name(key), "expected an ISO 8601 timestamp with offset, e.g. 2026-03-01T08:00:00+08:00")
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
@@ -547,11 +535,7 @@ class _Object:
 
 
 def _show(value: object) -> str:
-    text = (
-        json.dumps(value)
-        if isinstance(value, str | int | float | bool) or value is None
-        else type(value).__name__
-    )
+    text = json.dumps(value) if isinstance(value, str | int | float | bool) or value is None else type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -759,7 +743,5 @@ def decode_for_topic(topic_text: str, payload: bytes) -> tuple[Topic, Message] |
     if isinstance(message, SchemaError):
         return message
     if message.meter != parsed.meter:
-        return SchemaError(
-            "meter", f"payload names meter {message.meter!r} but the topic names {parsed.meter!r}"
-        )
+        return SchemaError("meter", f"payload names meter {message.meter!r} but the topic names {parsed.meter!r}")
     return parsed, message

@@ -59,12 +59,35 @@ class Bulk:
             # Callers handle constraint violations the same way whichever path wrote the rows.
             raise IntegrityError(statement, None, error) from error
 
-    def update(self, table: str, assignments: str, where: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        """``UPDATE table SET assignments WHERE where`` for each row; write ``{}`` where a value goes."""
+    def update(
+        self,
+        table: str,
+        key: tuple[str, str],
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[tuple[Any, ...]],
+        *,
+        add: bool = False,
+    ) -> None:
+        """Set (or with ``add``, increase) ``columns`` of the rows whose ``key`` matches.
+
+        ``key`` and each column are (name, PostgreSQL type); each row is (key value, *column values). SQLite
+        runs an ``executemany``; PostgreSQL one ``UPDATE ... FROM unnest(arrays)`` statement for all rows.
+        """
         if not rows:
             return
-        sql = f"UPDATE {table} SET {assignments} WHERE {where}".replace("{}", self.mark)
-        self.conn.exec_driver_sql(sql, list(rows))
+        names = [name for name, _ in columns]
+        if self.sqlite:
+            sets = ", ".join(f"{n} = {n} + ?" if add else f"{n} = ?" for n in names)
+            sql = f"UPDATE {table} SET {sets} WHERE {key[0]} = ?"
+            self.conn.exec_driver_sql(sql, [(*row[1:], row[0]) for row in rows])
+            return
+        sets = ", ".join(f"{n} = {table}.{n} + v.{n}" if add else f"{n} = v.{n}" for n in names)
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in (key, *columns))
+        sql = (
+            f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({key[0]}, {', '.join(names)}) "
+            f"WHERE {table}.{key[0]} = v.{key[0]}"
+        )
+        self.conn.exec_driver_sql(sql, tuple(list(column) for column in zip(*rows, strict=True)))
 
     def next_ids(self, table: str, count: int) -> list[int]:
         """``count`` fresh ids for ``table``'s integer primary key, reserved for this transaction.

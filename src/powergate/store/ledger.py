@@ -100,9 +100,7 @@ def ensure_account(
             ).inserted_primary_key
     except IntegrityError:
         # Another transaction created it first.
-        return int(
-            conn.execute(select(ledger_accounts.c.id).where(ledger_accounts.c.code == code)).scalar_one()
-        )
+        return int(conn.execute(select(ledger_accounts.c.id).where(ledger_accounts.c.code == code)).scalar_one())
     assert new_id is not None
     return int(new_id[0])
 
@@ -111,9 +109,7 @@ def set_overdraft_limit(conn: Connection, code: str, limit_micros: int) -> None:
     if limit_micros < 0:
         raise ValueError(f"overdraft limit must be >= 0, got {limit_micros}")
     result = conn.execute(
-        update(ledger_accounts)
-        .where(ledger_accounts.c.code == code)
-        .values(overdraft_limit_micros=limit_micros)
+        update(ledger_accounts).where(ledger_accounts.c.code == code).values(overdraft_limit_micros=limit_micros)
     )
     if result.rowcount != 1:
         raise KeyError(f"no account {code!r}")
@@ -203,9 +199,7 @@ def _apply_to_balance(conn: Connection, account_id: int, code: str, delta: int, 
         raise InsufficientCredit(code, current.balance_micros, current.overdraft_limit_micros, -delta)
 
 
-def post_batch(
-    conn: Connection, entries: Sequence[Entry], now: dt.datetime, accounts: AccountCache
-) -> dict[str, int]:
+def post_batch(conn: Connection, entries: Sequence[Entry], now: dt.datetime, accounts: AccountCache) -> dict[str, int]:
     """Write many new entries at once (the ingest path); returns key -> entry id.
 
     The caller has already filtered out keys that exist; a race with another writer surfaces as an
@@ -248,8 +242,8 @@ def post_batch(
 
 def apply_deltas(conn: Connection, deltas: dict[int, int]) -> None:
     """Add the net change per account id to the materialised balances (one statement, many rows)."""
-    rows = [(d, a) for a, d in sorted(deltas.items()) if d != 0]
-    Bulk(conn).update("ledger_accounts", "balance_micros = balance_micros + {}", "id = {}", rows)
+    rows = [(a, d) for a, d in sorted(deltas.items()) if d != 0]
+    Bulk(conn).update("ledger_accounts", ("id", "bigint"), [("balance_micros", "bigint")], rows, add=True)
 
 
 def audit(conn: Connection) -> list[Discrepancy]:
@@ -263,9 +257,7 @@ def audit(conn: Connection) -> list[Discrepancy]:
     )
     for entry_id, total, count in unbalanced:
         problems.append(
-            Discrepancy(
-                f"entry {entry_id}", f"{count} postings summing to {total} micros (must be >= 2 and 0)"
-            )
+            Discrepancy(f"entry {entry_id}", f"{count} postings summing to {total} micros (must be >= 2 and 0)")
         )
     orphans = conn.execute(
         select(ledger_entries.c.id, ledger_entries.c.idempotency_key)
@@ -285,12 +277,8 @@ def audit(conn: Connection) -> list[Discrepancy]:
         .where(ledger_accounts.c.balance_micros != func.coalesce(sums.c.total, 0))
     )
     for code, stored, computed in mismatched:
-        problems.append(
-            Discrepancy(f"account {code}", f"balance {stored} micros but its postings sum to {computed}")
-        )
-    grand_total = conn.execute(
-        select(func.coalesce(func.sum(ledger_accounts.c.balance_micros), 0))
-    ).scalar_one()
+        problems.append(Discrepancy(f"account {code}", f"balance {stored} micros but its postings sum to {computed}"))
+    grand_total = conn.execute(select(func.coalesce(func.sum(ledger_accounts.c.balance_micros), 0))).scalar_one()
     if int(grand_total) != 0:
         problems.append(Discrepancy("ledger", f"account balances sum to {grand_total} micros, not zero"))
     return problems

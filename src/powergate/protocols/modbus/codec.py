@@ -202,9 +202,7 @@ def decode_flags(register: Register, value: int) -> tuple[str, ...]:
     """Names of the bits set in a flags register's value, bit 0 first; unnamed bits as ``bit<n>``."""
     assert register.bits, f"{register.name} is not a flags register"
     return tuple(
-        register.bits[i] if i < len(register.bits) else f"bit{i}"
-        for i in range(16 * register.count)
-        if value >> i & 1
+        register.bits[i] if i < len(register.bits) else f"bit{i}" for i in range(16 * register.count) if value >> i & 1
     )
 
 
@@ -319,17 +317,13 @@ def encode_write(register_map: RegisterMap, values: Mapping[str, int]) -> WriteR
     return WriteRequest(registers[0].table, registers[0].address, tuple(words))
 
 
-def encode_group(
-    register_map: RegisterMap, group: str, values: Mapping[str, int]
-) -> WriteRequest | CodecError:
+def encode_group(register_map: RegisterMap, group: str, values: Mapping[str, int]) -> WriteRequest | CodecError:
     """A write of one named write group (e.g. ``recharge``); every member needs a value, nothing else."""
     names = register_map.write_groups.get(group)
     if names is None:
         return CodecError("group", f"meter model {register_map.model} has no write group {group!r}")
     if set(values) != set(names):
-        return CodecError(
-            group, f"needs exactly {', '.join(names)}; got {', '.join(sorted(values)) or 'nothing'}"
-        )
+        return CodecError(group, f"needs exactly {', '.join(names)}; got {', '.join(sorted(values)) or 'nothing'}")
     return encode_write(register_map, values)
 
 
@@ -339,9 +333,7 @@ def _check_contiguous(register_map: RegisterMap, registers: list[Register]) -> C
         return CodecError("values", "registers of one write must be in one table")
     for previous, current in pairwise(registers):
         if previous.end != current.address:
-            return CodecError(
-                current.name, f"not adjacent to {previous.name}; write them in separate requests"
-            )
+            return CodecError(current.name, f"not adjacent to {previous.name}; write them in separate requests")
     total = registers[-1].end - registers[0].address
     limit = MAX_WRITE_BITS if table.is_bits else MAX_WRITE_REGISTERS
     if total > limit:
@@ -382,8 +374,6 @@ def decode_write(
         values[register.name] = decoded
         position = register.end
     if position != end:
-        return CodecError(
-            "address", f"{position} (0x{position:04X}) is not a writable {table.value} register"
-        )
+        return CodecError("address", f"{position} (0x{position:04X}) is not a writable {table.value} register")
     error = _check_groups(register_map, set(values))
     return error if error is not None else values

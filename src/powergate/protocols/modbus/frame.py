@@ -112,11 +112,7 @@ def write_request_pdu(request: WriteRequest) -> bytes:
     count = len(request.words)
     if function == 0x05:
         return bytes([function]) + address + (b"\xff\x00" if request.words[0] else b"\x00\x00")
-    payload = (
-        _pack_bits(request.words)
-        if function == 0x0F
-        else b"".join(w.to_bytes(2, "big") for w in request.words)
-    )
+    payload = _pack_bits(request.words) if function == 0x0F else b"".join(w.to_bytes(2, "big") for w in request.words)
     return bytes([function]) + address + count.to_bytes(2, "big") + bytes([len(payload)]) + payload
 
 
@@ -217,9 +213,7 @@ def describe_pdu(pdu: bytes) -> Fields | None:
         if len(body) != 1 or base not in FUNCTION_NAMES:
             return None
         code = body[0]
-        fields.update(
-            function_name=FUNCTION_NAMES[base], direction="reply", exception=True, exception_code=code
-        )
+        fields.update(function_name=FUNCTION_NAMES[base], direction="reply", exception=True, exception_code=code)
         fields["exception_name"] = EXCEPTION_NAMES.get(code, "unknown exception")
         return fields
     parsers = _PARSERS.get(function)
@@ -243,9 +237,7 @@ def _describe_rtu(data: bytes) -> Fields | None:
         return None
     expected = crc16(body).to_bytes(2, "little")
     fields: Fields = {"protocol": "modbus-rtu", "unit_id": body[0], **pdu_fields}
-    fields.update(
-        crc=crc_wire.hex().upper(), crc_expected=expected.hex().upper(), crc_ok=crc_wire == expected
-    )
+    fields.update(crc=crc_wire.hex().upper(), crc_expected=expected.hex().upper(), crc_ok=crc_wire == expected)
     return fields
 
 

@@ -47,12 +47,8 @@ def _energy(name: str, address: int, table: Table, description: str) -> Register
     )
 
 
-def _money(
-    name: str, address: int, access: Access, description: str, data_type: DataType = DataType.U32
-) -> Register:
-    return Register(
-        name, address, data_type, H, access, multiplier=CENTS, unit="micros", description=description
-    )
+def _money(name: str, address: int, access: Access, description: str, data_type: DataType = DataType.U32) -> Register:
+    return Register(name, address, data_type, H, access, multiplier=CENTS, unit="micros", description=description)
 
 
 def _price(band: str, address: int) -> Register:
@@ -80,24 +76,12 @@ ACREL_SINGLE_PHASE = RegisterMap(
         _energy("valley_energy_wh", 0x0008, H, "valley band (rate 4), 0.01 kWh"),
         Register("device_code", 0x000A, DataType.U16, H, R, unit="code", description="vendor code, 0-9999"),
         Register("voltage_dv", 0x000B, DataType.U16, H, R, unit="0.1 V", description="voltage, 0.1 V"),
-        Register(
-            "current_ma", 0x000C, DataType.U16, H, R, multiplier=10, unit="mA", description="current, 0.01 A"
-        ),
-        Register(
-            "active_power_w", 0x000D, DataType.S16, H, R, unit="W", description="active power, 0.001 kW"
-        ),
-        Register(
-            "reactive_power_var", 0x000E, DataType.S16, H, R, unit="var", description="reactive, 0.001 kvar"
-        ),
-        Register(
-            "apparent_power_va", 0x000F, DataType.U16, H, R, unit="VA", description="apparent, 0.001 kVA"
-        ),
-        Register(
-            "power_factor_permille", 0x0010, DataType.S16, H, R, unit="x1000", description="-1000..1000"
-        ),
-        Register(
-            "frequency_centihz", 0x0011, DataType.U16, H, R, unit="0.01 Hz", description="frequency, 0.01 Hz"
-        ),
+        Register("current_ma", 0x000C, DataType.U16, H, R, multiplier=10, unit="mA", description="current, 0.01 A"),
+        Register("active_power_w", 0x000D, DataType.S16, H, R, unit="W", description="active power, 0.001 kW"),
+        Register("reactive_power_var", 0x000E, DataType.S16, H, R, unit="var", description="reactive, 0.001 kvar"),
+        Register("apparent_power_va", 0x000F, DataType.U16, H, R, unit="VA", description="apparent, 0.001 kVA"),
+        Register("power_factor_permille", 0x0010, DataType.S16, H, R, unit="x1000", description="-1000..1000"),
+        Register("frequency_centihz", 0x0011, DataType.U16, H, R, unit="0.01 Hz", description="frequency, 0.01 Hz"),
         _money(
             "remaining_amount_micros",
             0x0012,
@@ -166,12 +150,8 @@ def _phase_registers() -> tuple[Register, ...]:
     for index, phase in enumerate("abc"):
         registers += [
             Register(f"voltage_{phase}_dv", index, DataType.U16, INP, R, unit="0.1 V", description="0.1 V"),
-            Register(
-                f"current_{phase}_ma", 0x0003 + 2 * index, DataType.U32, INP, R, unit="mA", description="mA"
-            ),
-            Register(
-                f"active_power_{phase}_w", 0x000B + 2 * index, DataType.S32, INP, R, unit="W", description="W"
-            ),
+            Register(f"current_{phase}_ma", 0x0003 + 2 * index, DataType.U32, INP, R, unit="mA", description="mA"),
+            Register(f"active_power_{phase}_w", 0x000B + 2 * index, DataType.S32, INP, R, unit="W", description="W"),
         ]
     return tuple(registers)
 
@@ -182,9 +162,7 @@ GENERIC_THREE_PHASE = RegisterMap(
     "relay as a coil; 32-bit values high word first",
     registers=(
         *_phase_registers(),
-        Register(
-            "active_power_w", 0x0009, DataType.S32, INP, R, unit="W", description="total active power, W"
-        ),
+        Register("active_power_w", 0x0009, DataType.S32, INP, R, unit="W", description="total active power, W"),
         Register("power_factor_permille", 0x0011, DataType.S16, INP, R, unit="x1000", description="total"),
         Register("frequency_centihz", 0x0012, DataType.U16, INP, R, unit="0.01 Hz", description="0.01 Hz"),
         _energy("total_energy_wh", 0x0013, INP, "forward active energy, 0.01 kWh"),
@@ -206,9 +184,7 @@ GENERIC_THREE_PHASE = RegisterMap(
             choices=((0, "close"), (1, "trip")),
         ),
         Register("relay_state", 0x0000, DataType.BIT, D, R, unit="state", choices=RELAY_STATE_CHOICES),
-        Register(
-            "cover_open", 0x0001, DataType.BIT, D, R, unit="state", description="1 while the cover is open"
-        ),
+        Register("cover_open", 0x0001, DataType.BIT, D, R, unit="state", description="1 while the cover is open"),
     ),
 )
 
@@ -220,6 +196,4 @@ def register_map(model: str) -> RegisterMap:
     try:
         return BUILT_IN_MAPS[model]
     except KeyError:
-        raise KeyError(
-            f"no built-in Modbus map {model!r}; known: {', '.join(sorted(BUILT_IN_MAPS))}"
-        ) from None
+        raise KeyError(f"no built-in Modbus map {model!r}; known: {', '.join(sorted(BUILT_IN_MAPS))}") from None

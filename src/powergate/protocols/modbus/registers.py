@@ -191,22 +191,14 @@ class Register:
         assert self.address >= 0 and self.end - 1 <= MAX_ADDRESS, f"{self.name}: address out of range"
         assert self.multiplier > 0 and self.divisor > 0, f"{self.name}: scale must be positive"
         bit_type = self.data_type is DataType.BIT
-        assert bit_type == self.table.is_bits, (
-            f"{self.name}: {self.data_type.value} not in {self.table.value}"
-        )
-        assert not self.access.writable or self.table.writable, (
-            f"{self.name}: {self.table.value} is read-only"
-        )
+        assert bit_type == self.table.is_bits, f"{self.name}: {self.data_type.value} not in {self.table.value}"
+        assert not self.access.writable or self.table.writable, f"{self.name}: {self.table.value} is read-only"
         assert self.unit, f"{self.name}: unit is required"
         suffix_unit = unit_for_name(self.name)
-        assert suffix_unit in (None, self.unit), (
-            f"{self.name}: unit {self.unit!r} but name says {suffix_unit!r}"
-        )
+        assert suffix_unit in (None, self.unit), f"{self.name}: unit {self.unit!r} but name says {suffix_unit!r}"
         assert suffix_unit is not None or self.unit in DIMENSIONLESS_UNITS, f"{self.name}: name lacks a unit"
         assert len(self.bits) <= 16 * self.count, f"{self.name}: more bit names than bits"
-        assert len({value for value, _ in self.choices}) == len(self.choices), (
-            f"{self.name}: duplicate choice"
-        )
+        assert len({value for value, _ in self.choices}) == len(self.choices), f"{self.name}: duplicate choice"
 
     def choice_name(self, value: int) -> str | None:
         """The name of a state or command value, or ``None`` when it is not one of the ``choices``."""
@@ -311,9 +303,7 @@ def read_plan(
     blocks: list[ReadBlock] = []
     for table in Table:
         limit = min(max_count or table.max_read, table.max_read)
-        chosen = sorted(
-            (r for r in wanted if r.table is table and r.access.readable), key=lambda r: r.address
-        )
+        chosen = sorted((r for r in wanted if r.table is table and r.access.readable), key=lambda r: r.address)
         blocks.extend(_blocks_of_table(table, chosen, max_gap, limit))
     return blocks
 
@@ -323,9 +313,7 @@ def _blocks_of_table(table: Table, registers: list[Register], max_gap: int, limi
     current: list[Register] = []
     for register in registers:
         assert register.count <= limit, f"{register.name} is larger than one read"
-        if current and (
-            register.address - current[-1].end > max_gap or register.end - current[0].address > limit
-        ):
+        if current and (register.address - current[-1].end > max_gap or register.end - current[0].address > limit):
             blocks.append(_block(table, current))
             current = []
         current.append(register)
