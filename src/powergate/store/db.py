@@ -58,7 +58,7 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
     """Bring the schema at ``url`` up to ``revision`` (append-only migrations)."""
     command.upgrade(alembic_config(url), revision)
 
@@ -69,6 +69,7 @@ def current_revision(url: str) -> str | None:
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            heads = MigrationContext.configure(connection).get_current_heads()
+            return ",".join(sorted(heads)) or None
     finally:
         engine.dispose()
