@@ -92,7 +92,7 @@ def _truncate_all(url: str) -> None:
     from sqlalchemy import text
 
     from powergate.store.db import make_engine
-    from powergate.store.tables import metadata
+    from powergate.store.schema import metadata
 
     engine = make_engine(url)
     names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)

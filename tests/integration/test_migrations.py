@@ -7,7 +7,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 from powergate.store.db import current_revision
-from powergate.store.tables import metadata
+from powergate.store.schema import metadata
 
 
 def test_the_migrated_schema_matches_the_table_definitions(engine: Engine, db_url: str) -> None:

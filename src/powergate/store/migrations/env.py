@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from powergate.store.db import make_engine
-from powergate.store.tables import metadata
+from powergate.store.schema import metadata
 
 config = context.config
 
