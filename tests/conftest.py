@@ -7,6 +7,7 @@ laptop without the service it skips with a loud reason.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,17 @@ def require_service(name: str, host: str, port: int) -> None:
     if IN_CI:
         pytest.fail(f"{message} and CI=true: this test must run in CI", pytrace=False)
     pytest.skip(f"SKIPPED LOUDLY: {message}; start it to run this test")
+
+
+def require_command(command: str, package: str) -> str:
+    """The path of an external command the test drives (mbpoll, mosquitto_pub, ...)."""
+    path = shutil.which(command)
+    if path is not None:
+        return path
+    message = f"{command} is not installed (Debian package {package})"
+    if IN_CI:
+        pytest.fail(f"{message} and CI=true: this test must run in CI", pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {message}; apt-get install -y {package} to run this test")
 
 
 @pytest.fixture(scope="session")

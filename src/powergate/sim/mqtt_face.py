@@ -1,0 +1,313 @@
+"""Virtual meters as MQTT clients (aiomqtt): readings at an interval, events, status with a last will, and
+downlink commands executed and acknowledged, in the topic layout and JSON schema of ``protocols.mqtt``.
+
+One ``MqttGateway`` is one MQTT connection carrying one or more meters: a 4G meter has its own connection
+(one meter, and its last will is exactly its ``offline`` status), while a fleet of 10,000 rides on a few
+hundred connections, as a concentrator would, because each aiomqtt client keeps its own socket, executor
+connect and once-a-second housekeeping task. With several meters on a connection the last will can name only
+the first meter; a clean stop publishes ``offline`` for every one of them.
+
+Invariants:
+- readings are spread evenly over the interval (meter ``i`` of ``n`` reports at ``i/n`` of it), and a meter
+  is advanced only when it reports or is commanded: there is no task per meter;
+- every command gets exactly one ack (``ok``, ``ok`` + ``already_applied`` for a repeated recharge, or
+  ``error`` with the reason), and an expired command is refused, never executed;
+- every payload passes ``protocols.mqtt.encode``'s own schema check; ``remaining_micros`` is the meter's
+  exact balance (signed: negative while in overdraft).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+
+import aiomqtt
+
+from powergate.protocols import mqtt
+from powergate.sim.faults import Faults, SimStats
+from powergate.sim.meter import (
+    Band,
+    EventKind,
+    MeterError,
+    RechargeOutcome,
+    RelayAction,
+    TripReason,
+    VirtualMeter,
+)
+
+MAX_METERS_PER_CONNECTION = 1000
+OPERATION_TIMEOUT_S = 10.0
+"""A limit on waiting for the broker (CONNACK, SUBACK, PUBACK): a stuck broker fails the connection."""
+SUBSCRIBE_BATCH = 100
+"""Topic filters per SUBSCRIBE packet: keeps each packet small for brokers with a packet size limit."""
+
+_EVENT_TYPE = {
+    EventKind.COVER_OPEN: "cover_open",
+    EventKind.TERMINAL_COVER_OPEN: "terminal_cover_open",
+    EventKind.REVERSE_CURRENT: "reverse_current",
+    EventKind.VOLTAGE_LOSS: "voltage_loss",
+    EventKind.CURRENT_LOSS: "current_loss",
+    EventKind.MAGNETIC_INTERFERENCE: "magnetic_interference",
+    EventKind.OVERLOAD: "overload_trip",
+    EventKind.POWER_FAIL: "power_fail",
+}
+
+
+def meter_datetime(meter: VirtualMeter, now_s: int) -> datetime:
+    """The meter's own clock as an aware datetime in the site's offset."""
+    zone = timezone(timedelta(minutes=meter.settings.utc_offset_minutes))
+    return datetime.fromtimestamp(meter.meter_time_s(now_s), tz=zone)
+
+
+def reading_of(meter: VirtualMeter, now_s: int) -> mqtt.Reading:
+    meter.advance(now_s)
+    bands = tuple(meter.band_ticks(band) * 10 for band in Band)
+    instant = {
+        "voltage_dv": meter.voltage_dv(),
+        "current_ma": abs(meter.current_ma()),
+        "active_power_w": meter.signed_power_w(),
+        "power_factor_permille": meter.power_factor_milli(),
+        "frequency_centihz": meter.frequency_chz(),
+    }
+    return mqtt.Reading(
+        meter=meter.address,
+        reading_id=f"{meter.address}-{now_s}",
+        at=meter_datetime(meter, now_s),
+        total_wh=meter.total_ticks() * 10,
+        bands_wh=(bands[0], bands[1], bands[2], bands[3]),
+        instant=instant,
+        remaining_micros=meter.balance_micros,
+        purchase_count=meter.purchase_count,
+        relay="tripped" if meter.relay_open() else "closed",
+    )
+
+
+def events_of(meter: VirtualMeter, now_s: int) -> list[mqtt.Event]:
+    """Events for the meter's pending notices (relay and alarm notices travel in readings instead)."""
+    events: list[mqtt.Event] = []
+    for notice in meter.drain_notices():
+        if notice.kind != "event":
+            continue
+        name = notice.detail.removesuffix(" ended")
+        kind = EventKind[name.upper()]
+        ended = notice.detail.endswith(" ended")
+        if ended and kind is not EventKind.POWER_FAIL:
+            continue  # the schema has an end event for power only
+        count = meter.event_count(kind)
+        events.append(
+            mqtt.Event(
+                meter=meter.address,
+                event_id=f"{meter.address}-{kind.name.lower()}-{count}{'-end' if ended else ''}",
+                at=meter_datetime(meter, notice.at_s),
+                type="power_restore" if ended else _EVENT_TYPE[kind],
+                count=count,
+                detail=notice.detail,
+            )
+        )
+    return events
+
+
+def execute(meter: VirtualMeter, command: mqtt.Command, now_s: int) -> mqtt.Ack:
+    """Carry out a downlink command on the meter and say how it went."""
+    now = meter_datetime(meter, now_s)
+    if command.expired(now):
+        return _ack(meter, command, now_s, "error", "expired: valid_until has passed")
+    params = command.params
+    outcome: MeterError | RechargeOutcome | None = None
+    if isinstance(params, mqtt.Trip):
+        outcome = meter.relay_command(RelayAction.TRIP, now_s)
+    elif isinstance(params, mqtt.Close):
+        outcome = meter.relay_command(RelayAction.CLOSE_NOW, now_s)
+    elif isinstance(params, mqtt.Recharge):
+        result = meter.recharge(params.purchase_count, params.amount_micros, now_s)
+        if result.outcome is RechargeOutcome.ALREADY_APPLIED:
+            return _ack(meter, command, now_s, "ok", "already_applied")
+        if not result.credited:
+            return _ack(meter, command, now_s, "error", result.message)
+    elif isinstance(params, mqtt.SetAlarm):
+        outcome = meter.update_settings(now_s, alarm1_micros=params.alarm_1_micros,
+                                        alarm2_micros=params.alarm_2_micros)  # fmt: skip
+    elif isinstance(params, mqtt.SetPrice):
+        prices = list(meter.settings.prices_micros)
+        for band, price in params.prices_micros_per_kwh.items():
+            prices[mqtt.BANDS.index(band)] = price
+        outcome = meter.update_settings(now_s, prices_micros=tuple(prices))
+    elif isinstance(params, mqtt.SetPowerLimit):
+        outcome = meter.update_settings(now_s, power_limit_w=params.power_limit_w)
+    elif isinstance(params, mqtt.TimeSync):
+        meter.set_clock(int(params.at.timestamp()), now_s)
+    if isinstance(outcome, MeterError):
+        return _ack(meter, command, now_s, "error", outcome.message)
+    if isinstance(params, mqtt.Trip) and not meter.flags & TripReason.REMOTE:
+        return _ack(meter, command, now_s, "error", "relay: the trip did not take")
+    return _ack(meter, command, now_s, "ok", None)
+
+
+def _ack(meter: VirtualMeter, command: mqtt.Command, now_s: int, result: str, reason: str | None) -> mqtt.Ack:
+    return mqtt.Ack(
+        command_id=command.command_id,
+        meter=meter.address,
+        at=meter_datetime(meter, now_s),
+        result=result,
+        reason=reason,
+        remaining_micros=meter.balance_micros,
+        purchase_count=meter.purchase_count,
+    )
+
+
+class MqttGateway:
+    """One MQTT connection for ``meters``; ``run()`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        meters: Sequence[VirtualMeter],
+        *,
+        host: str,
+        port: int,
+        site: str = "sim",
+        interval_s: float = 60.0,
+        client_id: str | None = None,
+        clock: Callable[[], int] = lambda: int(time.time()),
+        faults: Faults | None = None,
+        stats: SimStats | None = None,
+        keepalive_s: int = 60,
+    ) -> None:
+        assert 0 < len(meters) <= MAX_METERS_PER_CONNECTION, len(meters)
+        assert mqtt.valid_id(site) and interval_s > 0
+        self.meters = list(meters)
+        self.by_address = {meter.address: meter for meter in meters}
+        self.host, self.port, self.site = host, port, site
+        self.interval_s = interval_s
+        self.client_id = client_id or f"pg-sim-{site}-{meters[0].address}"
+        self.clock = clock
+        self.faults = faults or Faults()
+        self.stats = stats or SimStats()
+        self.keepalive_s = keepalive_s
+        self.connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+
+    def _status(self, meter: VirtualMeter, state: str, reason: str | None = None) -> tuple[str, bytes]:
+        at = None if reason == "last will" else meter_datetime(meter, self.clock())
+        message = mqtt.Status(meter.address, state, at, reason)
+        return mqtt.message_topic(self.site, message), mqtt.encode(message)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        will_topic, will_payload = self._status(self.meters[0], "offline", "last will")
+        will = aiomqtt.Will(will_topic, will_payload, qos=1, retain=True)
+        async with aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            will=will,
+            keepalive=self.keepalive_s,
+            timeout=OPERATION_TIMEOUT_S,
+        ) as client:
+            self._client = client
+            self.stats.connections += 1
+            try:
+                await self._subscribe(client)
+                for meter in self.meters:
+                    await client.publish(*self._status(meter, "online"), qos=1, retain=True)
+                self.connected.set()
+                await self._serve(client, stop)
+                for meter in self.meters:
+                    await client.publish(*self._status(meter, "offline", "stopped"), qos=1, retain=True)
+            finally:
+                self.stats.connections -= 1
+                self._client = None
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        filters = [(mqtt.downlink_filter(self.site, m.address), 1) for m in self.meters]
+        for start in range(0, len(filters), SUBSCRIBE_BATCH):
+            await client.subscribe(filters[start : start + SUBSCRIBE_BATCH])
+
+    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        tasks = [
+            asyncio.create_task(self._report_loop(client)),
+            asyncio.create_task(self._command_loop(client)),
+        ]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in [*tasks, stopper]:
+                task.cancel()
+            for task in [*tasks, stopper]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _report_loop(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        count = len(self.meters)
+        cycle = 0
+        while True:
+            for index, meter in enumerate(self.meters):
+                due = start + (cycle + index / count) * self.interval_s
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self.publish_reading(meter)
+            cycle += 1
+
+    async def publish_reading(self, meter: VirtualMeter) -> None:
+        """Publish one reading and any pending events of ``meter`` now (also used for on-demand reads)."""
+        client = self._client
+        assert client is not None, "not connected"
+        if meter.event_in_progress(EventKind.POWER_FAIL):
+            await self.publish_events(meter)  # a meter without supply sends its last gasp, not readings
+            return
+        now_s = self.clock()
+        reading = reading_of(meter, now_s)
+        if self.faults.should_drop():
+            self.stats.dropped += 1
+        else:
+            payload = mqtt.encode(reading)
+            garbled = self.faults.maybe_garble(payload)
+            self.stats.garbled += garbled != payload
+            await client.publish(mqtt.message_topic(self.site, reading), garbled, qos=0)
+            self.stats.readings_published += 1
+        await self.publish_events(meter)
+
+    async def publish_events(self, meter: VirtualMeter) -> None:
+        client = self._client
+        assert client is not None, "not connected"
+        for event in events_of(meter, self.clock()):
+            await client.publish(mqtt.message_topic(self.site, event), mqtt.encode(event), qos=1)
+            self.stats.events_published += 1
+
+    async def _command_loop(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            try:
+                await self._handle(client, str(message.topic), bytes(message.payload))
+            except aiomqtt.MqttError:
+                raise
+            except Exception as error:  # one bad command must not take the other meters down
+                self.stats.error(f"command on {message.topic}: {error!r}")
+
+    async def _handle(self, client: aiomqtt.Client, topic_text: str, payload: bytes) -> None:
+        decoded = mqtt.decode_for_topic(topic_text, payload)
+        if isinstance(decoded, mqtt.SchemaError):
+            self.stats.error(f"downlink {topic_text}: {decoded}")
+            return
+        topic, message = decoded
+        meter = self.by_address.get(topic.meter)
+        if meter is None or not isinstance(message, mqtt.Command):
+            return  # raw frames and other meters' traffic are not ours
+        if meter.event_in_progress(EventKind.POWER_FAIL):
+            return  # no supply: the command goes unanswered, as on a real meter
+        delay_s = self.faults.delay_s()
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        now_s = self.clock()
+        ack = execute(meter, message, now_s)
+        self.stats.commands_done += 1
+        await client.publish(mqtt.message_topic(self.site, ack), mqtt.encode(ack), qos=1)
+        if isinstance(message.params, mqtt.Read) or ack.result == "ok":
+            await self.publish_reading(meter)
