@@ -89,6 +89,7 @@ def test_a_topic_outside_the_layout_is_a_schema_error(text: str, message: str) -
 
 def test_head_end_workers_share_the_uplink_with_an_mqtt5_shared_subscription() -> None:
     assert shared_uplink_filter("headend") == "$share/headend/pg/v1/+/+/up/#"
+    assert shared_uplink_filter("headend", "site-1") == "$share/headend/pg/v1/site-1/+/up/#"
     assert mqtt.downlink_filter("s", "m") == "pg/v1/s/m/down/#"
 
 

@@ -184,10 +184,11 @@ def downlink_filter(site: str, meter: str) -> str:
     return f"{TOPIC_ROOT}/v{SCHEMA_VERSION}/{site}/{meter}/down/#"
 
 
-def shared_uplink_filter(group: str) -> str:
-    """MQTT 5 shared subscription: each uplink message goes to exactly one member of ``group``."""
+def shared_uplink_filter(group: str, site: str = "+") -> str:
+    """MQTT 5 shared subscription: each uplink message of ``site`` (all by default) goes to exactly one member
+    of ``group``."""
     assert valid_id(group), f"bad group name {group!r}"
-    return f"$share/{group}/{uplink_filter()}"
+    return f"$share/{group}/{uplink_filter(site)}"
 
 
 # --- messages -------------------------------------------------------------------------------------------
