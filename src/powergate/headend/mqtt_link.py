@@ -1,0 +1,785 @@
+"""``MqttLink``: the head-end's MQTT transport (4G / NB-IoT meters through a broker such as Mosquitto or EMQX).
+
+Subscriptions (MQTT 5, each tagged with a subscription identifier so a message tells which one it came by)::
+
+    $share/{group}/pg/v1/{site}/+/up/#  SHARED   readings, events, statuses: each goes to ONE worker of the group
+    pg/v1/{site}/+/up/status            STATUS   every worker: the retained status of every meter (online map)
+    pg/v1/{site}/+/up/ack               ACK      every worker: the ack of a command reaches the worker that sent it
+    pg/v1/{site}/{meter}/up/reading     READING  only while a ``read`` of that meter waits for its reply
+    pg/v1/{site}/{meter}/up/raw         RAW      only while a transparent ``exchange`` with that meter waits
+
+``{site}`` is ``+`` (every site) unless the link is given the sites it serves (a head-end sharded by site).
+
+Why the extra non-shared subscriptions: a shared subscription hands a message to any one worker, but the ack of a
+command or the reply to a read must reach the worker that waits for it; and a broker sends no retained message
+to a shared subscription, so without ``STATUS`` a worker would not know which meters are online after a restart.
+Acks and statuses are a trickle next to readings, so every worker taking all of them costs little.
+
+Invariants kept:
+- only messages that came by the SHARED subscription go to the sinks: across the workers of a group each uplink
+  reading, event and status change is handed to a sink once (copies by the other subscriptions only wake
+  waiters and update the online map);
+- every wait has a timeout (``LinkError(TIMEOUT)``), every queue and table a bound (``LinkError(BUSY)`` when full):
+  pending commands, waiting reads, per-meter subscriptions, the sink queues, the client's incoming queue;
+- a command is published at QoS 1 and answered by the ack carrying its ``command_id``; an ack ``error`` is
+  ``LinkError(REJECTED)``, ``ok`` + ``already_applied`` is ``CommandResult(ok=True, already_applied=True)``;
+- an expired command (``valid_until`` passed) is never published;
+- losing the broker fails every waiter at once with ``LinkError(OFFLINE)``; ``run`` reconnects with capped,
+  jittered exponential backoff and subscribes again. Sessions are clean: readings published while the head-end
+  was away are not replayed, and need not be, because registers are cumulative (the next reading covers them).
+
+The head-end clock stamps ``MeterSnapshot.at`` (time of receipt, UTC); the meter's own time goes to
+``meter_time`` so time sync can compare the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from powergate.headend.model import (
+    CommandKind,
+    CommandResult,
+    FailureKind,
+    LinkError,
+    MeterCommand,
+    MeterEndpoint,
+    MeterSnapshot,
+    ReadItem,
+)
+from powergate.protocols import mqtt
+from powergate.protocols.dlt645 import DecodeError, Frame, decode_frame, encode_frame
+
+log = logging.getLogger(__name__)
+
+SUB_SHARED, SUB_STATUS, SUB_ACK, SUB_READING, SUB_RAW = 1, 2, 3, 4, 5
+"""MQTT 5 subscription identifiers: which of our subscriptions a message arrived by."""
+
+MAX_PENDING_COMMANDS = 10_000
+MAX_DIRECT_SUBSCRIPTIONS = 2_000
+"""Meters with a read or a transparent exchange waiting at once (each holds one subscription)."""
+MAX_INCOMING = 20_000
+"""Messages the MQTT client buffers before the link takes them; beyond this the client drops (and logs)."""
+MAX_SINK_QUEUE = 50_000
+MAX_BATCH = 1_000
+BROKER_TIMEOUT_S = 10.0
+"""A limit on CONNACK, SUBACK and PUBACK: a stuck broker fails the connection instead of hanging it."""
+
+_READ_ITEMS: dict[ReadItem, tuple[str, ...]] = {
+    ReadItem.ENERGY: ("energy",),
+    ReadItem.INSTANT: ("instant",),
+    ReadItem.RELAY: ("relay",),
+    ReadItem.PREPAID: ("remaining", "purchase_count"),
+    ReadItem.CLOCK: ("clock",),
+    ReadItem.FROZEN_DAY: (),
+}
+"""What each item asks an MQTT meter for; schema v1 has no frozen-data read (a reading is always current)."""
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# --- what goes to the sinks --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MeterEvent:
+    """An anti-theft or safety event a meter pushed (``event_id`` is its idempotency key)."""
+
+    meter_id: str
+    event_id: str
+    type: str
+    """One of ``protocols.mqtt.EVENT_TYPES``."""
+    at: dt.datetime
+    """The meter's time of the event."""
+    received_at: dt.datetime
+    count: int | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineChange:
+    """A meter's status message: online after it connects, offline when it stops or its last will fires."""
+
+    meter_id: str
+    online: bool
+    at: dt.datetime
+    """Head-end time of receipt (a last will carries no time of its own)."""
+    reason: str | None = None
+
+
+Notice = MeterEvent | OnlineChange
+ReadingSink = Callable[[Sequence[MeterSnapshot]], Awaitable[None]]
+NoticeSink = Callable[[Sequence[Notice]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class MqttCounters:
+    connects: int = 0
+    disconnects: int = 0
+    readings: int = 0
+    events: int = 0
+    statuses: int = 0
+    acks: int = 0
+    raw_frames: int = 0
+    refused: int = 0
+    """Messages whose topic or payload did not fit the schema."""
+    unmatched: int = 0
+    """Acks and raw frames nobody was waiting for (late, or another group's)."""
+    sink_failures: int = 0
+
+
+# --- conversions -------------------------------------------------------------------------------------------
+
+
+def snapshot_of(meter_id: str, reading: mqtt.Reading, received_at: dt.datetime) -> MeterSnapshot:
+    """A reading in the head-end's units; a negative remaining amount becomes the overdraft amount."""
+    instant = reading.instant
+    power_w = instant.get("active_power_w")
+    remaining = reading.remaining_micros
+    return MeterSnapshot(
+        meter_id=meter_id,
+        at=received_at,
+        total_wh=reading.total_wh,
+        bands_wh=reading.bands_wh,
+        voltage_dv=instant.get("voltage_dv", instant.get("voltage_a_dv")),
+        current_ma=instant.get("current_ma", instant.get("current_a_ma")),
+        power_dw=None if power_w is None else power_w * 10,
+        power_factor_milli=instant.get("power_factor_permille"),
+        frequency_chz=instant.get("frequency_centihz"),
+        relay_open=None if reading.relay is None else reading.relay == "tripped",
+        remaining_micros=None if remaining is None else max(remaining, 0),
+        overdraft_micros=None if remaining is None else max(-remaining, 0),
+        purchase_count=reading.purchase_count,
+        meter_time=reading.at,
+    )
+
+
+def command_params(command: MeterCommand) -> mqtt.CommandParams | LinkError:
+    """The schema v1 parameters of a command, or why it cannot travel over MQTT."""
+    kind = command.kind
+    if kind is CommandKind.TRIP:
+        return mqtt.Trip()
+    if kind is CommandKind.CLOSE:
+        return mqtt.Close()
+    if kind is CommandKind.RECHARGE:
+        if command.amount_micros is None or command.purchase_count is None:
+            return _refused("recharge needs amount_micros and purchase_count")
+        return mqtt.Recharge(command.amount_micros, command.purchase_count)
+    if kind is CommandKind.SET_ALARMS:
+        if command.alarm1_micros is None or command.alarm2_micros is None:
+            return _refused("set_alarms needs alarm1_micros and alarm2_micros")
+        return mqtt.SetAlarm(command.alarm1_micros, command.alarm2_micros)
+    if kind is CommandKind.SET_POWER_LIMIT:
+        if command.power_limit_w is None:
+            return _refused("set_power_limit needs power_limit_w")
+        return mqtt.SetPowerLimit(command.power_limit_w)
+    if kind is CommandKind.SET_PRICES:
+        prices = command.prices_micros
+        if prices is None or len(prices) not in (1, 4):
+            return _refused("set_prices needs prices_micros: one price, or four (sharp, peak, flat, valley)")
+        return mqtt.SetPrice(dict(zip(mqtt.BANDS, prices * 4 if len(prices) == 1 else prices, strict=True)))
+    if kind is CommandKind.TIME_SYNC:
+        if command.at is None or command.at.utcoffset() is None:
+            return _refused("time_sync needs at, with a UTC offset")
+        return mqtt.TimeSync(command.at)
+    return _refused(f"{kind.value} is not a command of MQTT schema v1")
+
+
+def _refused(reason: str) -> LinkError:
+    return LinkError(FailureKind.REJECTED, reason)
+
+
+def result_of(ack: mqtt.Ack) -> CommandResult | LinkError:
+    if ack.result == "ok":
+        return CommandResult(ok=True, already_applied=ack.reason == "already_applied", reason=ack.reason or "")
+    return LinkError(FailureKind.REJECTED, f"meter refused: {ack.reason}")
+
+
+def _key(site: str, meter: str) -> str:
+    return f"{site}/{meter}"
+
+
+def _subscription_ids(message: aiomqtt.Message) -> frozenset[int]:
+    ids = getattr(message.properties, "SubscriptionIdentifier", None) if message.properties else None
+    return frozenset(ids) if isinstance(ids, list) else frozenset()
+
+
+def _subscribe_properties(identifier: int) -> Properties:
+    properties = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+    properties.SubscriptionIdentifier = identifier
+    return properties
+
+
+# --- batching to a sink ------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class _Batcher(Generic[T]):
+    """A bounded queue emptied into ``sink`` in batches of at most ``batch_size``, at least every ``wait_s``.
+
+    ``put`` waits while the queue is full: a slow sink slows the link down rather than losing readings here.
+    A sink that raises loses that batch (counted and logged); the next batch is tried afresh.
+    """
+
+    def __init__(
+        self, sink: Callable[[Sequence[T]], Awaitable[None]], counters: MqttCounters, batch_size: int, wait_s: float
+    ) -> None:
+        assert 0 < batch_size <= MAX_BATCH and wait_s > 0
+        self.sink = sink
+        self.counters = counters
+        self.batch_size = batch_size
+        self.wait_s = wait_s
+        self.queue: asyncio.Queue[T] = asyncio.Queue(maxsize=MAX_SINK_QUEUE)
+
+    async def put(self, item: T) -> None:
+        await self.queue.put(item)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.wait_s
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self.queue.get())
+                except TimeoutError:
+                    break
+            await self._deliver(batch)
+
+    async def drain(self) -> None:
+        """Hand over whatever is queued (at stop)."""
+        while not self.queue.empty():
+            batch = [self.queue.get_nowait() for _ in range(min(self.batch_size, self.queue.qsize()))]
+            await self._deliver(batch)
+
+    async def _deliver(self, batch: list[T]) -> None:
+        try:
+            await self.sink(batch)
+        except Exception:  # the sink is someone else's code: one failure must not stop the link
+            self.counters.sink_failures += 1
+            log.exception("sink failed on a batch of %d", len(batch))
+
+
+async def _discard(_batch: Sequence[object]) -> None:
+    return None
+
+
+# --- the link ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _DirectSubscription:
+    users: int
+    ready: asyncio.Future[None]
+
+
+class MqttLink:
+    """A ``MeterLink`` over an MQTT broker; ``run(stop)`` keeps the connection, the other methods use it.
+
+    Endpoints: ``link_id`` is the site and ``address`` the meter's name in its topics. Pushed readings are
+    given the ``meter_id`` of an endpoint passed to ``register``, or the topic's meter name when there is none.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 1883,
+        *,
+        group: str = "headend",
+        sites: Sequence[str] = ("+",),
+        reading_sink: ReadingSink | None = None,
+        notice_sink: NoticeSink | None = None,
+        client_id: str | None = None,
+        clock: Clock = utc_now,
+        read_timeout_s: float = 10.0,
+        command_timeout_s: float = 15.0,
+        batch_size: int = 500,
+        batch_wait_s: float = 0.2,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        keepalive_s: int = 30,
+        max_incoming: int = MAX_INCOMING,
+    ) -> None:
+        assert mqtt.valid_id(group), f"bad group name {group!r}"
+        assert sites and all(site == "+" or mqtt.valid_id(site) for site in sites), sites
+        assert 0 < read_timeout_s <= 300 and 0 < command_timeout_s <= 300
+        assert 0 < reconnect_min_s <= reconnect_max_s <= 600
+        assert 0 < max_incoming <= 1_000_000
+        self.host, self.port, self.group = host, port, group
+        self.sites = tuple(sites)
+        self.client_id = client_id or f"pg-headend-{group}-{uuid.uuid4().hex[:12]}"
+        self.clock = clock
+        self.read_timeout_s = read_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
+        self.keepalive_s = keepalive_s
+        self.max_incoming = max_incoming
+        self.counters = MqttCounters()
+        self.connected = asyncio.Event()
+        self.last_error = ""
+        self._readings = _Batcher[MeterSnapshot](reading_sink or _discard, self.counters, batch_size, batch_wait_s)
+        self._notices = _Batcher[Notice](notice_sink or _discard, self.counters, batch_size, batch_wait_s)
+        self._client: aiomqtt.Client | None = None
+        self._online: dict[str, bool] = {}
+        self._meter_ids: dict[str, str] = {}
+        self._pending: dict[str, asyncio.Future[mqtt.Ack]] = {}
+        self._reading_waiters: dict[str, list[asyncio.Future[MeterSnapshot]]] = {}
+        self._raw_waiters: dict[str, tuple[str, asyncio.Future[mqtt.RawFrame]]] = {}
+        self._direct: dict[str, _DirectSubscription] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sequence = itertools.count(1)
+        self._prefix = uuid.uuid4().hex[:8]
+        self._random = random.Random(self.client_id)  # jitter only: spreads reconnects of many workers
+
+    # --- directory and status ---
+
+    def register(self, endpoints: Iterable[MeterEndpoint]) -> None:
+        """Remember the meter ids of MQTT endpoints, so pushed readings carry them."""
+        for endpoint in endpoints:
+            self._meter_ids[_key(endpoint.link_id, endpoint.address)] = endpoint.meter_id
+
+    def online(self, endpoint: MeterEndpoint) -> bool:
+        """Connected to the broker and the meter's last status was ``online``."""
+        return self._client is not None and self._online.get(_key(endpoint.link_id, endpoint.address), False)
+
+    def known_offline(self, endpoint: MeterEndpoint) -> bool:
+        return self._online.get(_key(endpoint.link_id, endpoint.address)) is False
+
+    # --- connection ---
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until ``stop`` is set, reconnecting with backoff; then hand over queued sink items."""
+        flushers = [asyncio.create_task(self._readings.run()), asyncio.create_task(self._notices.run())]
+        failures = 0
+        try:
+            while not stop.is_set():
+                failures = 0 if await self._session(stop) else failures + 1
+                if stop.is_set():
+                    break
+                delay_s = min(self.reconnect_max_s, self.reconnect_min_s * 2 ** min(failures, 16))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay_s * self._random.uniform(0.5, 1.0)):
+                        await stop.wait()
+        finally:
+            await _cancel(flushers)
+            await self._readings.drain()
+            await self._notices.drain()
+
+    async def _session(self, stop: asyncio.Event) -> bool:
+        """One broker connection, until stop or loss; whether it got as far as subscribing."""
+        subscribed = False
+        try:
+            async with self._connect() as client:
+                await self._subscribe_all(client)
+                self._client = client  # only now: reads and commands need the ack and reply subscriptions
+                subscribed = True
+                self.counters.connects += 1
+                self.connected.set()
+                await self._serve(client, stop)
+        except aiomqtt.MqttError as error:
+            self.counters.disconnects += 1
+            self.last_error = str(error)
+            log.warning("MQTT link %s lost the broker %s:%d: %s", self.client_id, self.host, self.port, error)
+        finally:
+            self._client = None
+            self.connected.clear()
+            self._fail_waiters("lost the connection to the broker")
+        return subscribed
+
+    def _connect(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=self.keepalive_s,
+            timeout=BROKER_TIMEOUT_S,
+            max_queued_incoming_messages=self.max_incoming,
+        )
+
+    async def _subscribe_all(self, client: aiomqtt.Client) -> None:
+        for site in self.sites:
+            up = mqtt.uplink_filter(site)
+            await client.subscribe(f"$share/{self.group}/{up}", qos=1, properties=_subscribe_properties(SUB_SHARED))
+            base = up.removesuffix("#")
+            await client.subscribe(base + mqtt.Kind.STATUS, qos=1, properties=_subscribe_properties(SUB_STATUS))
+            await client.subscribe(base + mqtt.Kind.ACK, qos=1, properties=_subscribe_properties(SUB_ACK))
+        for topic_filter in list(self._direct):  # waiters that outlived a reconnect
+            await client.subscribe(topic_filter, qos=1, properties=_subscribe_properties(_direct_id(topic_filter)))
+
+    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        reader = asyncio.create_task(self._take_messages(client))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                reader.result()  # re-raise the MqttError that ended it
+        finally:
+            await _cancel([reader, stopper])
+
+    async def _take_messages(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                self.counters.refused += 1
+                continue
+            await self.handle(str(message.topic), bytes(payload), _subscription_ids(message))
+
+    def _fail_waiters(self, reason: str) -> None:
+        error = LinkError(FailureKind.OFFLINE, reason)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(_Failed(error))
+        for waiters in self._reading_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(_Failed(error))
+        for _, raw_waiter in self._raw_waiters.values():
+            if not raw_waiter.done():
+                raw_waiter.set_exception(_Failed(error))
+
+    # --- uplink ---
+
+    async def handle(self, topic_text: str, payload: bytes, subscriptions: frozenset[int]) -> None:
+        """Take one uplink message. Sinks get it only when it came by the shared subscription (or by an
+        unknown one: a broker that sends no subscription identifiers is treated as if everything were shared)."""
+        decoded = mqtt.decode_for_topic(topic_text, payload)
+        if isinstance(decoded, mqtt.SchemaError):
+            self.counters.refused += 1
+            log.debug("refused %s: %s", topic_text, decoded)
+            return
+        topic, message = decoded
+        shared = SUB_SHARED in subscriptions or not subscriptions
+        key = _key(topic.site, topic.meter)
+        if isinstance(message, mqtt.Reading):
+            await self._on_reading(key, message, shared)
+        elif isinstance(message, mqtt.Status):
+            await self._on_status(key, message, shared)
+        elif isinstance(message, mqtt.Ack):
+            self._on_ack(message)
+        elif isinstance(message, mqtt.Event):
+            if shared:
+                self.counters.events += 1
+                event = MeterEvent(
+                    self._meter_id(key, topic.meter),
+                    message.event_id,
+                    message.type,
+                    message.at,
+                    self.clock(),
+                    message.count,
+                    message.detail,
+                )
+                await self._notices.put(event)
+        elif isinstance(message, mqtt.RawFrame):
+            self._on_raw(key, message)
+
+    def _meter_id(self, key: str, meter: str) -> str:
+        return self._meter_ids.get(key, meter)
+
+    async def _on_reading(self, key: str, reading: mqtt.Reading, shared: bool) -> None:
+        waiters = self._reading_waiters.get(key)
+        if not shared and not waiters:
+            return
+        snapshot = snapshot_of(self._meter_id(key, reading.meter), reading, self.clock())
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(snapshot)
+        if shared:
+            self.counters.readings += 1
+            await self._readings.put(snapshot)
+
+    async def _on_status(self, key: str, status: mqtt.Status, shared: bool) -> None:
+        online = status.state == "online"
+        self._online[key] = online
+        # Every status that came by the shared subscription is a notice, changed or not: the copy by the
+        # STATUS subscription may have arrived first, and consumers of notices are idempotent anyway.
+        if shared:
+            self.counters.statuses += 1
+            meter = key.partition("/")[2]
+            await self._notices.put(OnlineChange(self._meter_id(key, meter), online, self.clock(), status.reason))
+
+    def _on_ack(self, ack: mqtt.Ack) -> None:
+        future = self._pending.get(ack.command_id)
+        if future is None or future.done():
+            self.counters.unmatched += 1  # every worker sees every ack; most are for someone else
+            return
+        self.counters.acks += 1
+        future.set_result(ack)
+
+    def _on_raw(self, key: str, frame: mqtt.RawFrame) -> None:
+        entry = self._raw_waiters.get(frame.correlation_id) if frame.correlation_id else None
+        if entry is None and frame.correlation_id is None:
+            # a meter that does not echo correlation ids: its oldest waiting exchange takes the frame
+            entry = next((e for e in self._raw_waiters.values() if e[0] == key and not e[1].done()), None)
+        if entry is None or entry[0] != key or entry[1].done():
+            self.counters.unmatched += 1
+            return
+        self.counters.raw_frames += 1
+        entry[1].set_result(frame)
+
+    # --- downlink ---
+
+    def _check(self, endpoint: MeterEndpoint) -> tuple[aiomqtt.Client, str] | LinkError:
+        if not mqtt.valid_id(endpoint.link_id) or not mqtt.valid_id(endpoint.address):
+            return _refused(f"endpoint {endpoint.meter_id}: site {endpoint.link_id!r} or meter "
+                            f"{endpoint.address!r} is not a valid MQTT id")  # fmt: skip
+        client = self._client
+        if client is None:
+            return LinkError(FailureKind.OFFLINE, f"not connected to the broker ({self.last_error or 'starting'})")
+        if self.known_offline(endpoint):
+            return LinkError(FailureKind.OFFLINE, f"meter {endpoint.meter_id} is offline (status)")
+        return client, _key(endpoint.link_id, endpoint.address)
+
+    async def _publish(self, client: aiomqtt.Client, topic_text: str, payload: bytes) -> LinkError | None:
+        try:
+            await client.publish(topic_text, payload, qos=1)
+        except aiomqtt.MqttError as error:
+            return LinkError(FailureKind.OFFLINE, f"publish failed: {error}")
+        return None
+
+    def _expect_ack(self, command_id: str) -> asyncio.Future[mqtt.Ack] | LinkError:
+        if len(self._pending) >= MAX_PENDING_COMMANDS:
+            return LinkError(FailureKind.BUSY, f"{MAX_PENDING_COMMANDS} commands already wait for their acks")
+        if command_id in self._pending:
+            return LinkError(FailureKind.BUSY, f"command {command_id} is already in flight")
+        future: asyncio.Future[mqtt.Ack] = asyncio.get_running_loop().create_future()
+        self._pending[command_id] = future
+        return future
+
+    async def execute(self, endpoint: MeterEndpoint, command: MeterCommand) -> CommandResult | LinkError:
+        """Publish the command (QoS 1) and wait for the meter's ack by command id."""
+        checked = self._check(endpoint)
+        if isinstance(checked, LinkError):
+            return checked
+        client, _ = checked
+        params = command_params(command)
+        if isinstance(params, LinkError):
+            return params
+        now = self.clock()
+        if command.valid_until <= now:
+            return _refused(f"command {command.command_id} expired at {command.valid_until.isoformat()}")
+        if not mqtt.valid_id(command.command_id):
+            return _refused(f"command_id {command.command_id!r} is not a valid MQTT id")
+        future = self._expect_ack(command.command_id)
+        if isinstance(future, LinkError):
+            return future
+        try:
+            message = mqtt.Command(command.command_id, endpoint.address, now, command.valid_until, params)
+            error = await self._publish(client, mqtt.message_topic(endpoint.link_id, message), mqtt.encode(message))
+            if error is not None:
+                return error
+            async with asyncio.timeout(self.command_timeout_s):
+                return result_of(await future)
+        except TimeoutError:
+            return LinkError(FailureKind.TIMEOUT, f"no ack for {command.command_id} in {self.command_timeout_s} s")
+        except _Failed as failed:
+            return failed.error
+        finally:
+            self._pending.pop(command.command_id, None)
+
+    async def read(self, endpoint: MeterEndpoint, items: frozenset[ReadItem]) -> MeterSnapshot | LinkError:
+        """Publish a ``read`` command and wait for the meter's next reading (it carries every register)."""
+        checked = self._check(endpoint)
+        if isinstance(checked, LinkError):
+            return checked
+        client, key = checked
+        wanted = tuple(dict.fromkeys(name for item in sorted(items) for name in _READ_ITEMS[item]))
+        if not wanted:
+            return _refused(f"none of {', '.join(sorted(items))} can be read over MQTT schema v1")
+        now = self.clock()
+        command_id = f"rd-{self._prefix}-{next(self._sequence)}"
+        message = mqtt.Command(command_id, endpoint.address, now, now + dt.timedelta(seconds=self.read_timeout_s),
+                               mqtt.Read(wanted))  # fmt: skip
+        ack = self._expect_ack(command_id)
+        if isinstance(ack, LinkError):
+            return ack
+        try:
+            async with self._subscribed(client, _direct_filter(endpoint, mqtt.Kind.READING)) as error:
+                if error is not None:
+                    return error
+                reply: asyncio.Future[MeterSnapshot] = asyncio.get_running_loop().create_future()
+                self._reading_waiters.setdefault(key, []).append(reply)
+                try:
+                    published = await self._publish(client, mqtt.message_topic(endpoint.link_id, message),
+                                                     mqtt.encode(message))  # fmt: skip
+                    if published is not None:
+                        return published
+                    snapshot = await self._reply_or_refusal(reply, ack)
+                finally:
+                    self._forget_reading_waiter(key, reply)
+        except TimeoutError:
+            return LinkError(FailureKind.TIMEOUT, f"no reading from {endpoint.meter_id} in {self.read_timeout_s} s")
+        except _Failed as failed:
+            return failed.error
+        finally:
+            self._pending.pop(command_id, None)
+        if isinstance(snapshot, LinkError):
+            return snapshot
+        return _with_meter_id(snapshot, endpoint.meter_id)
+
+    async def _reply_or_refusal(
+        self, reply: asyncio.Future[MeterSnapshot], ack: asyncio.Future[mqtt.Ack]
+    ) -> MeterSnapshot | LinkError:
+        """The reading, unless the meter acks the read with an error first (then no reading will come)."""
+        async with asyncio.timeout(self.read_timeout_s):
+            waiting: list[asyncio.Future[Any]] = [reply, ack]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not reply.done():
+                refused = result_of(ack.result())
+                if isinstance(refused, LinkError):
+                    return refused
+            return await reply
+
+    def _forget_reading_waiter(self, key: str, waiter: asyncio.Future[MeterSnapshot]) -> None:
+        waiters = self._reading_waiters.get(key, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._reading_waiters.pop(key, None)
+
+    async def exchange(self, endpoint: MeterEndpoint, request: Frame) -> Frame | LinkError:
+        """Transparent mode: send one DL/T 645 request on ``down/raw`` and return the meter's reply frame.
+
+        The reply must come from the addressed meter (any meter for an ``AA`` wildcard address), as a reply to
+        the same function; a DL/T 645 error reply is returned as a frame (its ERR bits are the caller's to
+        read). A broadcast (08H to 999999999999) is never answered: it is published, and the request itself is
+        returned once the broker has it.
+        """
+        checked = self._check(endpoint)
+        if isinstance(checked, LinkError):
+            return checked
+        client, key = checked
+        correlation_id = f"q-{self._prefix}-{next(self._sequence)}"
+        message = mqtt.RawFrame(endpoint.address, encode_frame(request), self.clock(), correlation_id)
+        topic_text = mqtt.message_topic(endpoint.link_id, message, mqtt.Direction.DOWN)
+        if request.address == "999999999999":
+            error = await self._publish(client, topic_text, mqtt.encode(message))
+            return error if error is not None else request
+        if len(self._raw_waiters) >= MAX_PENDING_COMMANDS:
+            return LinkError(FailureKind.BUSY, "too many transparent exchanges in flight")
+        try:
+            async with self._subscribed(client, _direct_filter(endpoint, mqtt.Kind.RAW)) as error:
+                if error is not None:
+                    return error
+                future: asyncio.Future[mqtt.RawFrame] = asyncio.get_running_loop().create_future()
+                self._raw_waiters[correlation_id] = (key, future)
+                published = await self._publish(client, topic_text, mqtt.encode(message))
+                if published is not None:
+                    return published
+                async with asyncio.timeout(self.read_timeout_s):
+                    raw = await future
+        except TimeoutError:
+            return LinkError(FailureKind.TIMEOUT, f"no raw reply from {endpoint.meter_id} in {self.read_timeout_s} s")
+        except _Failed as failed:
+            return failed.error
+        finally:
+            self._raw_waiters.pop(correlation_id, None)
+        return _reply_frame(request, raw.frame)
+
+    @contextlib.asynccontextmanager
+    async def _subscribed(self, client: aiomqtt.Client, topic_filter: str) -> AsyncIterator[LinkError | None]:
+        """Hold a per-meter subscription (shared by concurrent users of the same filter) for the block."""
+        entry = self._direct.get(topic_filter)
+        if entry is None:
+            if len(self._direct) >= MAX_DIRECT_SUBSCRIPTIONS:
+                yield LinkError(FailureKind.BUSY, f"{MAX_DIRECT_SUBSCRIPTIONS} meters already have a reply pending")
+                return
+            entry = _DirectSubscription(0, asyncio.get_running_loop().create_future())
+            self._direct[topic_filter] = entry
+            task = asyncio.get_running_loop().create_task(self._subscribe_direct(client, topic_filter, entry.ready))
+            self._tasks.add(task)  # a strong reference until it is done (the loop keeps only a weak one)
+            task.add_done_callback(self._tasks.discard)
+        entry.users += 1
+        try:
+            try:
+                await asyncio.shield(entry.ready)
+            except aiomqtt.MqttError as error:
+                yield LinkError(FailureKind.OFFLINE, f"subscribe failed: {error}")
+                return
+            yield None
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self._direct.get(topic_filter) is entry:
+                del self._direct[topic_filter]
+                if self._client is client:
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        await client.unsubscribe(topic_filter)
+
+    async def _subscribe_direct(self, client: aiomqtt.Client, topic_filter: str, ready: asyncio.Future[None]) -> None:
+        try:
+            await client.subscribe(topic_filter, qos=1, properties=_subscribe_properties(_direct_id(topic_filter)))
+        except aiomqtt.MqttError as error:
+            if not ready.done():
+                ready.set_exception(error)
+            self._direct.pop(topic_filter, None)
+            return
+        if not ready.done():
+            ready.set_result(None)
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them to end, without swallowing a cancellation of the caller itself
+    (``suppress(CancelledError)`` around ``await task`` would)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Failed(Exception):
+    """Internal: wakes a waiter with a ``LinkError`` (the broker went away); never leaves this module."""
+
+    def __init__(self, error: LinkError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+def _direct_filter(endpoint: MeterEndpoint, kind: mqtt.Kind) -> str:
+    return mqtt.topic(endpoint.link_id, endpoint.address, mqtt.Direction.UP, kind)
+
+
+def _direct_id(topic_filter: str) -> int:
+    return SUB_RAW if topic_filter.endswith("/raw") else SUB_READING
+
+
+def _with_meter_id(snapshot: MeterSnapshot, meter_id: str) -> MeterSnapshot:
+    return snapshot if snapshot.meter_id == meter_id else replace(snapshot, meter_id=meter_id)
+
+
+def _reply_frame(request: Frame, data: bytes) -> Frame | LinkError:
+    reply = decode_frame(data)
+    if isinstance(reply, DecodeError):
+        return LinkError(FailureKind.GARBLED, f"raw reply is not a DL/T 645 frame: {reply}")
+    addressed = "AA" in request.address or reply.address == request.address
+    if not reply.reply or reply.function != request.function or not addressed:
+        return LinkError(
+            FailureKind.GARBLED,
+            f"raw reply {reply.address} function {reply.function:02X} does not answer "
+            f"{request.address} function {request.function:02X}",
+        )
+    return reply
