@@ -1,0 +1,208 @@
+"""The head-end process: transports, read scheduling, ingest, status and the command dispatcher, wired together.
+
+This is the composition root of the ``headend`` role (``powergate headend run``). It keeps what the head-end
+learns flowing into the database in batches, through the store layer:
+
+- readings: scheduler (or MQTT push) -> ``snapshot_readings`` -> ``Ingestor.ingest`` (rating and the ledger, one
+  transaction per batch; run in a worker thread so the event loop keeps serving meters);
+- status: every read outcome feeds a ``StatusTracker``; its changes are written every ``status_every_s``;
+- events pushed by MQTT meters: stored once each (``record_events``);
+- commands: a ``Dispatcher`` delivers the persisted command queue through a ``LinkRouter``; it is woken when a
+  DTU registers, so a meter that comes back gets its pending command at once.
+
+Meters and how to reach them come from ``meter_endpoints`` (``powergate headend endpoint add``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from powergate.headend import status as status_store
+from powergate.headend.commands import Dispatcher, DispatchOptions
+from powergate.headend.dlt645_link import Dlt645Link
+from powergate.headend.dtu import DtuServer
+from powergate.headend.model import MeterEndpoint, MeterLink, MeterSnapshot, Transport
+from powergate.headend.mqtt_link import MeterEvent as PushedEvent
+from powergate.headend.mqtt_link import MqttLink, Notice
+from powergate.headend.router import LinkRouter
+from powergate.headend.scheduler import ReadScheduler, ScheduleConfig, snapshot_readings
+from powergate.headend.status import StatusTracker
+from powergate.services.ingest import Ingestor, IngestReport
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadendSettings:
+    name: str = "headend-1"
+    """Identifies this process's command claims; unique per live head-end process, kept across restarts."""
+    dtu_listen: tuple[str, int] | None = ("0.0.0.0", 7100)
+    mqtt_broker: tuple[str, int] | None = None
+    mqtt_group: str = "headend"
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    request_timeout_s: float = 2.0
+    status_every_s: float = 10.0
+    offline_after_s: float = 3 * 900.0
+    dispatch: DispatchOptions = field(default_factory=DispatchOptions)
+
+
+@dataclass(slots=True)
+class RuntimeStats:
+    batches: int = 0
+    readings: int = 0
+    rated: int = 0
+    quarantined: int = 0
+    rejected: int = 0
+    events: int = 0
+    status_writes: int = 0
+
+
+class HeadendRuntime:
+    def __init__(
+        self, engine: Engine, settings: HeadendSettings, ingestor: Ingestor | None = None, clock: Clock = utc_now
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.clock = clock
+        self.ingestor = ingestor or Ingestor(engine, clock=clock)
+        self.stats = RuntimeStats()
+        self.status = StatusTracker(offline_after_s=settings.offline_after_s, clock=clock)
+        self.endpoints: dict[str, MeterEndpoint] = {}
+        self.dtu_server: DtuServer | None = None
+        self.mqtt: MqttLink | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.dtu_port: int | None = None
+        self.ready = asyncio.Event()
+        self._ingest_lock = asyncio.Lock()
+
+    def load_endpoints(self) -> list[MeterEndpoint]:
+        with self.engine.connect() as conn:
+            endpoints = status_store.load_endpoints(conn)
+        self.endpoints = {e.meter_id: e for e in endpoints}
+        return endpoints
+
+    async def run(self, stop: asyncio.Event) -> None:
+        endpoints = self.load_endpoints()
+        links: dict[Transport, MeterLink] = {}
+        tasks: list[asyncio.Task[None]] = []
+        if self.settings.dtu_listen is not None:
+            self.dtu_server = DtuServer(request_timeout_s=self.settings.request_timeout_s, listener=self._dtu_changed)
+            host, port = self.settings.dtu_listen
+            self.dtu_port = await self.dtu_server.start(host, port)
+            links[Transport.DLT645] = Dlt645Link(self.dtu_server, tz=self.settings.schedule.tz, clock=self.clock)
+        if self.settings.mqtt_broker is not None:
+            host, port = self.settings.mqtt_broker
+            self.mqtt = MqttLink(
+                host,
+                port,
+                group=self.settings.mqtt_group,
+                reading_sink=self._on_readings,
+                notice_sink=self._on_notices,
+                clock=self.clock,
+            )
+            self.mqtt.register(e for e in endpoints if e.transport is Transport.MQTT)
+            links[Transport.MQTT] = self.mqtt
+            tasks.append(asyncio.create_task(self.mqtt.run(stop)))
+        scheduler = ReadScheduler(
+            links, self._on_readings, self.settings.schedule, clock=self.clock, on_outcome=self.status.observe
+        )
+        for endpoint in endpoints:
+            if endpoint.transport in links and endpoint.transport is not Transport.MQTT:
+                scheduler.add(endpoint)  # MQTT meters push their readings; they are not polled
+        self.dispatcher = Dispatcher(
+            self.engine,
+            LinkRouter(links),
+            self.endpoints.get,
+            name=self.settings.name,
+            clock=self.clock,
+            options=self.settings.dispatch,
+        )
+        tasks.append(asyncio.create_task(scheduler.run(stop)))
+        tasks.append(asyncio.create_task(self.dispatcher.run(stop)))
+        tasks.append(asyncio.create_task(self._write_status_every(stop)))
+        self.ready.set()
+        log.info("head-end %s: %d meters, links %s", self.settings.name, len(endpoints), sorted(links))
+        try:
+            await stop.wait()
+            await asyncio.gather(*tasks, return_exceptions=False)
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await self._flush_status()
+            if self.dtu_server is not None:
+                await self.dtu_server.close()
+
+    def _dtu_changed(self, dtu_id: str, online: bool) -> None:
+        if online and self.dispatcher is not None:
+            self.dispatcher.wake()  # pending commands for meters behind this DTU go out now
+
+    async def _on_readings(self, batch: Sequence[MeterSnapshot]) -> None:
+        for snapshot in batch:  # pushed (MQTT) readings keep status too; polled ones were observed already
+            endpoint = self.endpoints.get(snapshot.meter_id)
+            if endpoint is not None:
+                self.status.observe(endpoint, snapshot)
+        readings = snapshot_readings(batch)
+        if not readings:
+            return
+        async with self._ingest_lock:  # one writer per process: batches are ingested in order
+            report: IngestReport = await asyncio.to_thread(self.ingestor.ingest, readings)
+        self.stats.batches += 1
+        self.stats.readings += len(readings)
+        self.stats.rated += report.rated
+        self.stats.quarantined += report.quarantined
+        self.stats.rejected += len(report.rejected)
+        for reading_id, reason in report.rejected:
+            log.warning("reading %s rejected: %s", reading_id, reason)
+
+    async def _on_notices(self, notices: Sequence[Notice]) -> None:
+        events = [
+            status_store.MeterEvent(n.meter_id, n.type, n.at, n.detail or "")
+            for n in notices
+            if isinstance(n, PushedEvent)
+        ]
+        if not events:
+            return
+        now = self.clock()
+
+        def write() -> int:
+            with self.engine.begin() as conn:
+                stored, rejected = status_store.record_events(conn, events, now)
+            for problem in rejected:
+                log.warning("event rejected: %s", problem)
+            return stored
+
+        self.stats.events += await asyncio.to_thread(write)
+
+    async def _write_status_every(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.status_every_s)
+            await self._flush_status()
+
+    async def _flush_status(self) -> None:
+        rows = self.status.changes()
+        if not rows:
+            return
+        now = self.clock()
+
+        def write() -> None:
+            with self.engine.begin() as conn:
+                status_store.write_status(conn, rows, now)
+
+        await asyncio.to_thread(write)
+        self.stats.status_writes += len(rows)
