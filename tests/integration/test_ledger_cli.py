@@ -19,8 +19,14 @@ NOW = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
 
 def test_upgrade_then_audit_a_clean_and_a_tampered_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'pg.db'}"
+    from alembic.script import ScriptDirectory
+
+    from powergate.store.db import alembic_config
+
     assert main(["db", "--url", url, "upgrade"]) == 0
-    assert "revision 0001" in capsys.readouterr().out
+    heads = ScriptDirectory.from_config(alembic_config(url)).get_heads()
+    assert len(heads) == 1, f"migrations must form one chain, heads: {heads}"
+    assert f"database at revision {heads[0]}" in capsys.readouterr().out
     engine = make_engine(url)
     with engine.begin() as conn:
         store.post(conn, recharge_entry("cash:1", wallet_code("A-1"), "cash", 2_000_000, NOW), NOW)
