@@ -27,7 +27,7 @@ from powergate.domain.energy import Commodity
 from powergate.domain.ledger import Entry, wallet_code
 from powergate.domain.rating import Rated, RatingContext, RatingState, Reading, rate
 from powergate.domain.tariff import Band, Season, Tariff, TariffVersion, Tou, TouPeriod
-from powergate.services.ingest import ENTRY_ID_COLUMN, Ingestor, RatingContexts, _deduction, reading_row
+from powergate.services.ingest import ENTRY_ID_COLUMN, Ingestor, Outcome, RatingContexts, _deduction, reading_rows
 from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.bulk import Bulk
@@ -129,51 +129,58 @@ def run_ingest(engine: Engine, work: list[list[Reading]]) -> float:
     return time.perf_counter() - started
 
 
-def precompute(
-    work: list[list[Reading]], baseline: list[Reading], sqlite: bool
-) -> list[tuple[list[list[object]], list[Entry], list[RatingState]]]:
-    """The rows each batch writes, computed once outside the timed region."""
+Precomputed = list[tuple[list[tuple[object, ...]], list[Entry], list[RatingState]]]
+
+
+def precompute(engine: Engine, work: list[list[Reading]], baseline: list[Reading]) -> Precomputed:
+    """The rows each batch writes, computed once outside the timed region.
+
+    A reading row's ``entry_id`` holds the index of its entry in the batch until the ids are known."""
     ctx = RatingContext(TOU_TARIFF, SiteCalendar.china(), SHANGHAI)
-    bulk = Bulk.__new__(Bulk)
-    bulk.sqlite = sqlite
     states: dict[str, RatingState] = {}
     for reading in baseline:
         states[reading.meter_id] = rate(RatingState(reading.meter_id), reading, ctx).state
     out = []
-    for batch in work:
-        rows: list[list[object]] = []
-        entries: list[Entry] = []
-        changed: dict[str, RatingState] = {}
-        for reading in batch:
-            outcome = rate(states[reading.meter_id], reading, ctx)
-            assert isinstance(outcome, Rated)
-            states[reading.meter_id] = changed[reading.meter_id] = outcome.state
-            charge = outcome.charge
-            rows.append(reading_row(bulk, reading, "rated", None, charge.amount_micros, False, bulk.ts(NOW)))
-            entry = _deduction(charge, wallet_code("A" + reading.meter_id[1:]), reading)
-            if entry is not None:
-                entries.append(entry)
-        out.append((rows, entries, list(changed.values())))
+    with engine.connect() as conn:
+        bulk = Bulk(conn)
+        for batch in work:
+            outcomes: list[Outcome] = []
+            entries: list[Entry] = []
+            changed: dict[str, RatingState] = {}
+            for reading in batch:
+                outcome = rate(states[reading.meter_id], reading, ctx)
+                assert isinstance(outcome, Rated)
+                states[reading.meter_id] = changed[reading.meter_id] = outcome.state
+                charge = outcome.charge
+                entry = _deduction(charge, wallet_code("A" + reading.meter_id[1:]), reading)
+                index = -1
+                if entry is not None:
+                    index = len(entries)
+                    entries.append(entry)
+                outcomes.append((reading, "rated", None, charge.amount_micros, False, index))
+            rows = reading_rows(bulk, outcomes, range(len(entries)), bulk.ts(NOW))
+            out.append((rows, entries, list(changed.values())))
     return out
 
 
-def run_ceiling(
-    engine: Engine, rows_per_batch: list[tuple[list[list[object]], list[Entry], list[RatingState]]]
-) -> float:
+def run_ceiling(engine: Engine, rows_per_batch: Precomputed) -> float:
     accounts = ledger_store.AccountCache()
     with engine.begin() as conn:  # warm the account cache outside the timed region, as ingest has it
         for _rows, entries, _states in rows_per_batch[:1]:
             for entry in entries:
                 for posting in entry.postings:
                     accounts.id_of(conn, posting.account, NOW)
+    column = ENTRY_ID_COLUMN
     started = time.perf_counter()
     for rows, entries, states in rows_per_batch:
         with engine.begin() as conn:
-            ids = ledger_store.post_batch(conn, entries, NOW, accounts)
-            for row in rows:
-                row[ENTRY_ID_COLUMN] = ids.get(f"reading:{row[0]}")
-            metering.insert_readings(conn, [tuple(r) for r in rows])
-            metering.save_states(conn, states, {s.meter_id for s in states})
+            bulk = Bulk(conn)
+            ids = ledger_store.post_batch(conn, entries, NOW, accounts, bulk)
+            rows_with_ids = [
+                (*row[:column], None if row[column] is None else ids[row[column]], *row[column + 1 :]) for row in rows
+            ]
+            metering.insert_readings(conn, rows_with_ids, bulk)
+            metering.save_states(conn, states, {s.meter_id for s in states}, bulk)
     return time.perf_counter() - started
 
 
@@ -186,7 +193,7 @@ def measure(make_url: Callable[[], tuple[str, Callable[[], None]]], meters: int,
         for kind in ("ingest", "ceiling"):
             url, cleanup = make_url()
             engine = prepared(url, meters, baseline)
-            rows = precompute(work, baseline, url.startswith("sqlite")) if kind == "ceiling" else []
+            rows = precompute(engine, work, baseline) if kind == "ceiling" else []
             try:
                 if kind == "ingest":
                     ingest_rates.append(count / run_ingest(engine, work))

@@ -195,6 +195,7 @@ _CHARGE_SETTERS = _setters(
 _LINE_SETTERS = _setters(
     ChargeLine, ("component", "band", "tier", "quantity", "price_micros", "amount_micros", "version")
 )
+_RATED_SETTERS = _setters(Rated, ("state", "charge"))
 
 
 def new_state(
@@ -260,6 +261,14 @@ def new_line(
     s5(line, amount_micros)
     s6(line, version)
     return line
+
+
+def new_rated(state: RatingState, charge: Charge) -> Rated:
+    rated = _NEW(Rated)
+    s0, s1 = _RATED_SETTERS
+    s0(rated, state)
+    s1(rated, charge)
+    return rated
 
 
 # --- the compiled tariff ---
@@ -525,18 +534,27 @@ def _rate_simple(
         if bands_wh is None and energy_wh:
             bands_wh = tuple(largest_remainder(energy_wh, band_durations_us(plan, version, last_at, reading.at)))
             estimated = True
-        used = [(band, wh, band_prices[band]) for band, wh in zip(_BANDS, bands_wh or (), strict=False) if wh]
-        nanos = [wh * price for _, wh, price in used]
-        amount_micros, carry_nanos = divmod(state.carry_nanos + sum(nanos), NANOS_PER_MICRO)
-        line_micros = _split_micros(amount_micros, nanos)
-        lines = tuple(
-            new_line(COMPONENT_ENERGY, band, None, wh, price, micros, version)
-            for (band, wh, price), micros in zip(used, line_micros, strict=True)
-        )
+        nanos_total = state.carry_nanos
+        used: list[tuple[Band, int, int, int]] = []  # (band, Wh, price, nanos) of the bands with energy
+        for band, wh in zip(_BANDS, bands_wh or (), strict=False):
+            if wh:
+                price = band_prices[band]
+                used.append((band, wh, price, wh * price))
+                nanos_total += wh * price
+        amount_micros, carry_nanos = divmod(nanos_total, NANOS_PER_MICRO)
+        if len(used) == 1:  # the usual quarter hour: all of it in one band, so the line takes the whole amount
+            band, wh, price, _ = used[0]
+            lines = (new_line(COMPONENT_ENERGY, band, None, wh, price, amount_micros, version),)
+        else:
+            line_micros = _split_micros(amount_micros, [nanos for _, _, _, nanos in used])
+            lines = tuple(
+                new_line(COMPONENT_ENERGY, band, None, wh, price, micros, version)
+                for (band, wh, price, _), micros in zip(used, line_micros, strict=True)
+            )
     charge = new_charge(reading, last_at, energy_wh, amount_micros, lines, estimated)
     final = reading.kind is ReadingKind.FINAL
     next_state = new_state(state.meter_id, reading, final, cycle_start, state.cycle_energy_wh + energy_wh, carry_nanos)
-    return Rated(next_state, charge)
+    return new_rated(next_state, charge)
 
 
 def _implausible(
@@ -563,10 +581,17 @@ def _band_deltas(
     """Band energies summing exactly to ``energy_wh``, or None when the registers can't be used."""
     if last is None or current is None:
         return None
-    deltas = [(now - before) % modulus for before, now in zip(last, current, strict=True)]
-    found = sum(deltas)
+    last_sharp, last_peak, last_flat, last_valley = last
+    sharp, peak, flat, valley = current
+    deltas = (
+        (sharp - last_sharp) % modulus,
+        (peak - last_peak) % modulus,
+        (flat - last_flat) % modulus,
+        (valley - last_valley) % modulus,
+    )
+    found = deltas[0] + deltas[1] + deltas[2] + deltas[3]
     if found == energy_wh:
-        return (deltas[0], deltas[1], deltas[2], deltas[3])
+        return deltas
     if found == 0 or abs(found - energy_wh) > BAND_TOLERANCE_STEPS * step_wh:
         return None
     shares = largest_remainder(energy_wh, deltas)
@@ -731,7 +756,7 @@ def _finish(
     assert last_at is not None
     charge = new_charge(reading, last_at, energy_wh, amount_micros, lines, estimated)
     final = reading.kind is ReadingKind.FINAL
-    return Rated(new_state(state.meter_id, reading, final, cycle_start, cycle_energy_wh, carry_nanos), charge)
+    return new_rated(new_state(state.meter_id, reading, final, cycle_start, cycle_energy_wh, carry_nanos), charge)
 
 
 def _split_micros(amount_micros: int, nanos: list[int]) -> list[int]:

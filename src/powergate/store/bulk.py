@@ -4,16 +4,24 @@ SQLAlchemy Core compiles and type-processes every row; for batches of thousands 
 than the database itself. Here the SQL is written once per statement and rows go to the driver as tuples, with
 timestamps in exactly the form ``UTCDateTime`` stores them, so everything written here reads back through the
 normal tables. Use only inside a transaction the caller holds.
+
+A ``Bulk`` lives for one batch: it remembers the text of each UTC timestamp it has bound on SQLite (a batch's
+readings share a few instants), up to ``MAX_CACHED_TIMES``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
+
+MAX_CACHED_TIMES = 50_000
+"""Bound on the timestamps one ``Bulk`` remembers; the cache is cleared when full."""
+KEY_CHUNK = 2_000
+"""Bound on the keys in one ``select_in`` statement."""
 
 
 class Bulk:
@@ -21,11 +29,21 @@ class Bulk:
         self.conn = conn
         self.sqlite = conn.dialect.name == "sqlite"
         self.mark = "?" if self.sqlite else "%s"
+        self._texts: dict[dt.datetime, str] = {}
+        self._times: dict[str, dt.datetime] = {}
 
     def ts(self, value: dt.datetime | None) -> Any:
         """A timestamp as ``UTCDateTime`` binds it: naive UTC text on SQLite, aware UTC elsewhere."""
         if value is None:
             return None
+        if value.tzinfo is dt.UTC and self.sqlite:
+            # Equal UTC datetimes are the same instant, so they share one text.
+            text = self._texts.get(value)
+            if text is None:
+                if len(self._texts) >= MAX_CACHED_TIMES:
+                    self._texts.clear()
+                text = self._texts[value] = value.isoformat(sep=" ", timespec="microseconds")[:26]
+            return text
         if value.tzinfo is not dt.UTC:
             assert value.tzinfo is not None, f"naive datetime {value!r} given to the database"
             value = value.astimezone(dt.UTC)
@@ -33,6 +51,39 @@ class Bulk:
             # "YYYY-MM-DD HH:MM:SS.ffffff", exactly as SQLAlchemy's SQLite DATETIME stores it.
             return value.isoformat(sep=" ", timespec="microseconds")[:26]
         return value
+
+    def select_in(self, query: str, column: str, keys: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``query`` (a SELECT without WHERE) whose ``column`` is one of ``keys``, as driver tuples.
+
+        SQLite: ``IN (?, ...)``; PostgreSQL: ``= ANY(%s)`` with one array. At most ``KEY_CHUNK`` keys a statement.
+        Values come as the driver returns them; ``datetime_of`` and ``date_of`` read the stored times.
+        """
+        for start in range(0, len(keys), KEY_CHUNK):
+            chunk = tuple(keys[start : start + KEY_CHUNK])
+            if self.sqlite:
+                sql = f"{query} WHERE {column} IN ({', '.join('?' * len(chunk))})"
+                yield from self.conn.exec_driver_sql(sql, chunk)
+            else:
+                yield from self.conn.exec_driver_sql(f"{query} WHERE {column} = ANY(%s)", (list(chunk),))
+
+    def datetime_of(self, value: Any) -> dt.datetime | None:
+        """A stored ``UTCDateTime`` as the table would return it: aware, in UTC."""
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite: "YYYY-MM-DD HH:MM:SS[.ffffff]", naive UTC
+            parsed = self._times.get(value)
+            if parsed is None:
+                if len(self._times) >= MAX_CACHED_TIMES:
+                    self._times.clear()
+                parsed = self._times[value] = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+            return parsed
+        assert isinstance(value, dt.datetime) and value.tzinfo is not None
+        return value if value.tzinfo is dt.UTC else value.astimezone(dt.UTC)
+
+    @staticmethod
+    def date_of(value: Any) -> dt.date | None:
+        """A stored ``Date``: ISO text on SQLite, a date elsewhere."""
+        return dt.date.fromisoformat(value) if isinstance(value, str) else value
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:

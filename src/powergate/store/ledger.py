@@ -13,7 +13,7 @@ Invariants kept here, inside the caller's transaction:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -70,6 +70,11 @@ class AccountCache:
             account_id = ensure_account(conn, code, now, currency=currency)
             self._ids[code] = account_id
         return account_id
+
+    @property
+    def known(self) -> Mapping[str, int]:
+        """The codes resolved so far (read-only view for hot loops; misses go through ``id_of``)."""
+        return self._ids
 
     def remember(self, code: str, account_id: int) -> None:
         self._ids[code] = account_id
@@ -199,51 +204,55 @@ def _apply_to_balance(conn: Connection, account_id: int, code: str, delta: int, 
         raise InsufficientCredit(code, current.balance_micros, current.overdraft_limit_micros, -delta)
 
 
-def post_batch(conn: Connection, entries: Sequence[Entry], now: dt.datetime, accounts: AccountCache) -> dict[str, int]:
-    """Write many new entries at once (the ingest path); returns key -> entry id.
+def post_batch(
+    conn: Connection, entries: Sequence[Entry], now: dt.datetime, accounts: AccountCache, bulk: Bulk | None = None
+) -> list[int]:
+    """Write many new entries at once (the ingest path); returns their ids, in the order given.
 
     The caller has already filtered out keys that exist; a race with another writer surfaces as an
     ``IntegrityError`` that rolls back the caller's whole batch, which is then retried. Refunds, whose limit
-    must be checked per entry, go through ``post``.
+    must be checked per entry, go through ``post``. ``bulk``: the caller's, to share its timestamp cache.
     """
     if not entries:
-        return {}
-    assert all(e.kind is not EntryKind.REFUND for e in entries), "refunds are posted one by one"
-    bulk = Bulk(conn)
+        return []
+    bulk = bulk or Bulk(conn)
     entry_ids = bulk.next_ids("ledger_entries", len(entries))
-    recorded = bulk.ts(now)
+    ts = bulk.ts
+    recorded = ts(now)
+    known = accounts.known
+    refund = EntryKind.REFUND
     entry_rows = []
     posting_rows = []
     deltas: dict[int, int] = {}
     for entry_id, entry in zip(entry_ids, entries, strict=True):
+        kind = entry.kind
+        assert kind is not refund, "refunds are posted one by one"
         entry_rows.append(
-            (
-                entry_id,
-                entry.idempotency_key,
-                entry.kind.value,
-                bulk.ts(entry.event_at),
-                recorded,
-                entry.description,
-            )
+            (entry_id, entry.idempotency_key, kind.value, ts(entry.event_at), recorded, entry.description)
         )
-        for p in entry.postings:
-            account_id = accounts.id_of(conn, p.account, now)
-            posting_rows.append((entry_id, account_id, p.amount_micros))
-            deltas[account_id] = deltas.get(account_id, 0) + p.amount_micros
+        for posting in entry.postings:
+            code = posting.account
+            account_id = known.get(code) or accounts.id_of(conn, code, now)
+            amount = posting.amount_micros
+            posting_rows.append((entry_id, account_id, amount))
+            deltas[account_id] = deltas.get(account_id, 0) + amount
     bulk.insert(
         "ledger_entries",
         ("id", "idempotency_key", "kind", "event_at", "recorded_at", "description"),
         entry_rows,
     )
     bulk.insert("ledger_postings", ("entry_id", "account_id", "amount_micros"), posting_rows)
-    apply_deltas(conn, deltas)
-    return {e.idempotency_key: i for i, e in zip(entry_ids, entries, strict=True)}
+    apply_deltas(conn, deltas, bulk)
+    return entry_ids
 
 
-def apply_deltas(conn: Connection, deltas: dict[int, int]) -> None:
-    """Add the net change per account id to the materialised balances (one statement, many rows)."""
+def apply_deltas(conn: Connection, deltas: dict[int, int], bulk: Bulk | None = None) -> None:
+    """Add the net change per account id to the materialised balances (one statement, many rows).
+
+    Rows go in account id order, so concurrent batches lock accounts in the same order (no deadlock).
+    """
     rows = [(a, d) for a, d in sorted(deltas.items()) if d != 0]
-    Bulk(conn).update("ledger_accounts", ("id", "bigint"), [("balance_micros", "bigint")], rows, add=True)
+    (bulk or Bulk(conn)).update("ledger_accounts", ("id", "bigint"), [("balance_micros", "bigint")], rows, add=True)
 
 
 def audit(conn: Connection) -> list[Discrepancy]:

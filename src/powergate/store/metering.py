@@ -3,21 +3,23 @@
 A reading's id is its idempotency key (PRIMARY KEY): a reading stored once is never stored or rated again. The
 rating state of a meter (``meter_rating_state``) is the only thing rating needs from the past; it is written in
 the same transaction as the readings and the ledger entries it produced, so the three never disagree.
+
+The per-batch reads and writes of ingest (known reading ids, meters, states, new readings) go through ``Bulk``
+as driver SQL: for thousands of rows, SQLAlchemy's statement compilation and row processing cost more than
+the queries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, insert, select
 
 from powergate.domain.rating import RatingState
 from powergate.store.bulk import Bulk
-from powergate.store.tables import ledger_accounts, meter_rating_state, meters, readings, tariffs
-
-ID_CHUNK = 2_000
+from powergate.store.tables import meters, tariffs
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,45 +70,35 @@ def add_meter(
     )
 
 
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), ID_CHUNK):
-        yield items[start : start + ID_CHUNK]
-
-
 def load_meters(conn: Connection, meter_ids: Sequence[str]) -> dict[str, MeterRow]:
-    found: dict[str, MeterRow] = {}
-    query = select(
-        meters.c.id,
-        ledger_accounts.c.code,
-        meters.c.wallet_account_id,
-        meters.c.tariff_id,
-        meters.c.timezone,
-        meters.c.register_max_wh,
-        meters.c.max_power_w,
-    ).join(ledger_accounts, ledger_accounts.c.id == meters.c.wallet_account_id)
-    for chunk in _chunks(meter_ids):
-        for row in conn.execute(query.where(meters.c.id.in_(chunk))):
-            found[row[0]] = MeterRow(row[0], row[1], int(row[2]), row[3], row[4], int(row[5]), int(row[6]))
-    return found
+    bulk = Bulk(conn)
+    query = (
+        "SELECT m.id, a.code, m.wallet_account_id, m.tariff_id, m.timezone, m.register_max_wh, m.max_power_w "
+        "FROM meters m JOIN ledger_accounts a ON a.id = m.wallet_account_id"
+    )
+    return {
+        row[0]: MeterRow(row[0], row[1], int(row[2]), row[3], row[4], int(row[5]), int(row[6]))
+        for row in bulk.select_in(query, "m.id", meter_ids)
+    }
 
 
 def load_states(conn: Connection, meter_ids: Sequence[str]) -> dict[str, RatingState]:
+    bulk = Bulk(conn)
+    query = f"SELECT meter_id, {', '.join(name for name, _ in STATE_COLUMNS)} FROM meter_rating_state"
     states: dict[str, RatingState] = {}
-    c = meter_rating_state.c
-    for chunk in _chunks(meter_ids):
-        for row in conn.execute(select(meter_rating_state).where(c.meter_id.in_(chunk))):
-            bands = (row.last_sharp_wh, row.last_peak_wh, row.last_flat_wh, row.last_valley_wh)
-            states[row.meter_id] = RatingState(
-                meter_id=row.meter_id,
-                last_reading_id=row.last_reading_id,
-                last_at=row.last_at,
-                last_total_wh=row.last_total_wh,
-                last_bands_wh=None if bands[0] is None else (bands[0], bands[1], bands[2], bands[3]),
-                awaiting_initial=bool(row.awaiting_initial),
-                cycle_start=row.cycle_start,
-                cycle_energy_wh=int(row.cycle_energy_wh),
-                carry_nanos=int(row.carry_nanos),
-            )
+    for row in bulk.select_in(query, "meter_id", meter_ids):
+        meter_id, last_reading_id, last_at, last_total_wh, sharp, peak, flat, valley = row[:8]
+        states[meter_id] = RatingState(
+            meter_id=meter_id,
+            last_reading_id=last_reading_id,
+            last_at=bulk.datetime_of(last_at),
+            last_total_wh=last_total_wh,
+            last_bands_wh=None if sharp is None else (sharp, peak, flat, valley),
+            awaiting_initial=bool(row[8]),
+            cycle_start=bulk.date_of(row[9]),
+            cycle_energy_wh=int(row[10]),
+            carry_nanos=int(row[11]),
+        )
     return states
 
 
@@ -125,35 +117,43 @@ STATE_COLUMNS = (
 )
 
 
-def _state_values(bulk: Bulk, state: RatingState) -> tuple[object, ...]:
-    bands = state.last_bands_wh or (None, None, None, None)
-    cycle_start = state.cycle_start.isoformat() if bulk.sqlite and state.cycle_start else state.cycle_start
-    return (
-        state.last_reading_id,
-        bulk.ts(state.last_at),
-        state.last_total_wh,
-        *bands,
-        state.awaiting_initial,
-        cycle_start,
-        state.cycle_energy_wh,
-        state.carry_nanos,
-    )
+NO_BANDS = (None, None, None, None)
 
 
-def save_states(conn: Connection, changed: Sequence[RatingState], existing: set[str]) -> None:
+def save_states(
+    conn: Connection, changed: Iterable[RatingState], existing: Container[str], bulk: Bulk | None = None
+) -> None:
     """Write the new states: UPDATE the meters that had one, INSERT the others."""
-    bulk = Bulk(conn)
-    rows = [(s.meter_id, *_state_values(bulk, s)) for s in changed]
-    bulk.update("meter_rating_state", ("meter_id", "text"), STATE_COLUMNS, [r for r in rows if r[0] in existing])
-    columns = ("meter_id", *(name for name, _ in STATE_COLUMNS))
-    bulk.insert("meter_rating_state", columns, [r for r in rows if r[0] not in existing])
+    bulk = bulk or Bulk(conn)
+    ts = bulk.ts
+    sqlite = bulk.sqlite
+    updates: list[tuple[object, ...]] = []
+    inserts: list[tuple[object, ...]] = []
+    for state in changed:
+        bands = state.last_bands_wh or NO_BANDS
+        start = state.cycle_start
+        cycle_start: object = start.isoformat() if sqlite and start is not None else start
+        row = (
+            state.meter_id,
+            state.last_reading_id,
+            ts(state.last_at),
+            state.last_total_wh,
+            bands[0],
+            bands[1],
+            bands[2],
+            bands[3],
+            state.awaiting_initial,
+            cycle_start,
+            state.cycle_energy_wh,
+            state.carry_nanos,
+        )
+        (updates if state.meter_id in existing else inserts).append(row)
+    bulk.update("meter_rating_state", ("meter_id", "text"), STATE_COLUMNS, updates)
+    bulk.insert("meter_rating_state", ("meter_id", *(name for name, _ in STATE_COLUMNS)), inserts)
 
 
 def existing_reading_ids(conn: Connection, reading_ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for chunk in _chunks(reading_ids):
-        found.update(str(r) for r in conn.execute(select(readings.c.id).where(readings.c.id.in_(chunk))).scalars())
-    return found
+    return {str(row[0]) for row in Bulk(conn).select_in("SELECT id FROM readings", "id", reading_ids)}
 
 
 READING_COLUMNS = (
@@ -175,6 +175,6 @@ READING_COLUMNS = (
 )
 
 
-def insert_readings(conn: Connection, rows: Sequence[tuple[object, ...]]) -> None:
+def insert_readings(conn: Connection, rows: Sequence[tuple[object, ...]], bulk: Bulk | None = None) -> None:
     """Insert reading rows given as tuples in ``READING_COLUMNS`` order (times already bound by ``Bulk.ts``)."""
-    Bulk(conn).insert("readings", READING_COLUMNS, rows)
+    (bulk or Bulk(conn)).insert("readings", READING_COLUMNS, rows)
