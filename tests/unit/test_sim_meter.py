@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import tracemalloc
 from dataclasses import dataclass
@@ -11,8 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from powergate.domain.money import MICROS_PER_UNIT
+from powergate.protocols.dlt645 import decode_data, read_request
+from powergate.sim.dlt645_face import answer
 from powergate.sim.meter import (
     DEFAULT_SETTINGS,
+    MAX_DAILY_FREEZES,
     PROTECT,
     STATUS3_MONEY_PREPAID,
     STATUS3_POWER_PROTECT,
@@ -20,6 +24,7 @@ from powergate.sim.meter import (
     STATUS3_RELAY_COMMAND_TRIP,
     STATUS3_RELAY_OPEN,
     Band,
+    DailyFreeze,
     EventKind,
     MeterErrorCode,
     MeterSettings,
@@ -337,6 +342,110 @@ def test_a_meter_stays_small_in_memory() -> None:
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert grown / len(meters) < 600, grown / len(meters)
     assert sys.getsizeof(meters[0]) < 200
+
+
+# -- daily freeze ----------------------------------------------------------------------------------------------
+
+MIDNIGHT = T0 + 64_000  # 2023-11-15 00:00 local (UTC+8): 17 h 46 min 40 s after T0
+DAY = 86_400
+TICKS_PER_DAY = 2400  # 1000 W for 24 h = 24 kWh
+AT_MIDNIGHT = (200, 600, 700, 277)
+"""Sharp, peak, flat, valley ticks from T0 (06:13:20) to 00:00 at 1000 W under the default TOU table."""
+
+
+def test_crossing_local_midnight_freezes_the_registers_as_they_stood_at_00_00() -> None:
+    m = meter(1000)
+    assert m.frozen_days() == 0 and m.frozen_day(1) is None
+    m.advance(MIDNIGHT - 1)
+    assert m.frozen_days() == 0
+    m.advance(MIDNIGHT + 3600)
+    # 64,000 s at 1000 W = 1777.7 ticks before midnight; the hour after it is not in the freeze
+    assert m.frozen_day(1) == DailyFreeze(MIDNIGHT, 1777, AT_MIDNIGHT)
+    assert m.total_ticks() == 1877 and m.frozen_days() == 1
+
+
+def test_an_advance_that_ends_exactly_at_midnight_freezes_once_and_the_next_does_not_freeze_again() -> None:
+    m = meter(1000)
+    m.advance(MIDNIGHT)
+    assert m.frozen_day(1) == DailyFreeze(MIDNIGHT, 1777, AT_MIDNIGHT)
+    m.advance(MIDNIGHT + 60)
+    m.advance(MIDNIGHT + DAY - 60)
+    assert m.frozen_days() == 1
+
+
+def test_several_midnights_in_one_advance_give_one_freeze_each_newest_first() -> None:
+    one = meter(1000)
+    steps = meter(1000)
+    one.advance(MIDNIGHT + 2 * DAY + 5)  # the midnights at MIDNIGHT, + 1 day, + 2 days
+    for now in range(T0, MIDNIGHT + 2 * DAY + 5, 7_777):
+        steps.advance(now)
+    steps.advance(MIDNIGHT + 2 * DAY + 5)
+    assert one.frozen_days() == 3
+    for last in (1, 2, 3):
+        freeze = one.frozen_day(last)
+        assert freeze is not None and freeze == steps.frozen_day(last)
+        assert freeze.meter_time_s == MIDNIGHT + (3 - last) * DAY
+        assert freeze.total_ticks == 1777 + (3 - last) * TICKS_PER_DAY
+        assert freeze.total_ticks == sum(freeze.band_ticks)
+    assert one.frozen_day(4) is None
+
+
+def test_the_freeze_follows_the_meters_own_clock_and_utc_offset() -> None:
+    load: LoadProfile = SteadyLoad(1000)  # type: ignore[assignment]
+    fast = VirtualMeter("000000000002", load, seed=1, now_s=T0, settings=FLAT_PRICE, clock_offset_s=7200)
+    utc = VirtualMeter("000000000003", load, seed=1, now_s=T0, settings=MeterSettings(utc_offset_minutes=0))
+    fast.advance(MIDNIGHT - 7200)  # the meter runs two hours fast: its 00:00 comes at 22:00 true local time
+    freeze = fast.frozen_day(1)
+    assert freeze is not None and freeze.meter_time_s == MIDNIGHT
+    assert freeze.total_ticks == (64_000 - 7200) * 1000 // 36_000
+    utc.advance(T0 + DAY)  # T0 is 22:13:20 UTC: its midnight is 6,400 s later
+    freeze = utc.frozen_day(1)
+    assert freeze is not None and freeze.meter_time_s == T0 + 6_400 and freeze.meter_time_s % DAY == 0
+
+
+def test_a_power_failure_does_not_skip_the_freeze_and_a_clock_set_across_midnight_does_not_make_one() -> None:
+    failed = meter(1000)
+    failed.begin_event(EventKind.POWER_FAIL, MIDNIGHT - 3600)
+    failed.advance(MIDNIGHT + 3600)
+    assert failed.frozen_day(1) == DailyFreeze(MIDNIGHT, 1677, (200, 600, 700, 177))  # no 23:00 valley hour
+    jumped = meter(1000)
+    jumped.set_clock(MIDNIGHT + 600, MIDNIGHT - 600)
+    jumped.advance(MIDNIGHT)
+    assert jumped.frozen_days() == 0
+
+
+def test_the_meter_keeps_only_the_last_62_freezes_in_about_20_bytes_a_day() -> None:
+    m = meter(1000, balance_yuan=10_000)
+    m.advance(MIDNIGHT + 70 * DAY + 1)
+    assert m.frozen_days() == MAX_DAILY_FREEZES == 62
+    newest, oldest = m.frozen_day(1), m.frozen_day(62)
+    assert newest is not None and newest.meter_time_s == MIDNIGHT + 70 * DAY
+    assert oldest is not None and oldest.meter_time_s == MIDNIGHT + 9 * DAY
+    assert oldest.total_ticks == 1777 + 9 * TICKS_PER_DAY
+    assert m.frozen_day(63) is None
+    assert sys.getsizeof(m._freezes) < 62 * 20 + 200  # 5 x 32-bit words a day, plus the array's header
+
+
+def read_value(m: VirtualMeter, di: int, now_s: int) -> object:
+    reply = answer(m, read_request(m.address, di), now_s)
+    assert reply is not None
+    return reply.data if reply.error else decode_data(di, reply.data[4:])
+
+
+def test_the_daily_freeze_is_read_over_dlt645_and_a_freeze_not_made_yet_is_no_data() -> None:
+    m = meter(1000)
+    assert read_value(m, 0x05060001, T0) == b"\x02", "no freeze yet: error 02H (no requested data)"
+    m.advance(MIDNIGHT + 2 * DAY + 60)
+    now = MIDNIGHT + 2 * DAY + 60
+    # meter-local 00:00 of 18, 17 and 16 November; energy in Wh: total, sharp, peak, flat, valley
+    assert read_value(m, 0x05060001, now) == dt.datetime(2023, 11, 18, 0, 0)
+    newest = m.frozen_day(1)
+    assert newest is not None and newest.total_ticks == 1777 + 2 * TICKS_PER_DAY
+    assert read_value(m, 0x05060101, now) == (newest.total_ticks * 10, *(t * 10 for t in newest.band_ticks))
+    assert read_value(m, 0x05060003, now) == dt.datetime(2023, 11, 16, 0, 0)
+    assert read_value(m, 0x05060103, now) == (17_770, 2000, 6000, 7000, 2770)
+    assert read_value(m, 0x05060004, now) == b"\x02"
+    assert read_value(m, 0x05060104, now) == b"\x02"
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,7 +10,8 @@ brings the total and the four band registers::
     PREPAID     00900200 remaining amount, 00900201 overdraft amount, 03330201 purchase count
     CLOCK       04000101 date + 04000102 time (meter-local; converted with the site's time zone)
     FROZEN_DAY  05060001 time of the last daily freeze + 05060101 its energy block (a meter without a freeze
-                yet answers "no data": the frozen fields stay None)
+                yet answers "no data": the frozen fields stay None); ``read_frozen(endpoint, n)`` reads the
+                n-th last one alone (050600nn + 050601nn, n = 1..62), for the scheduler's backfill
 
 Commands: relay control 1CH (trip 1A, close allowed 1B, close now 1C, power-protect 3A / 3B) with the command's
 valid-until in meter-local time; recharge 14H in the meter model's ``RechargeLayout``, made idempotent by the
@@ -79,6 +80,8 @@ DI_DATE = 0x04000101
 DI_TIME = 0x04000102
 DI_FREEZE_TIME_LAST = 0x05060001
 DI_FREEZE_ENERGY_LAST = 0x05060101
+"""+ (n - 1): the n-th last daily freeze, n = 1..``DAILY_FREEZES``."""
+DAILY_FREEZES = 62
 DI_ALARM_1 = 0x04001001
 DI_ALARM_2 = 0x04001002
 DI_PRICE_SET_1 = 0x04050100
@@ -249,16 +252,25 @@ class Dlt645Link:
         values["meter_time"] = self._to_utc(dt.datetime.combine(day, clock))
         return None
 
-    async def _read_frozen(self, endpoint: MeterEndpoint, values: dict[str, Any]) -> LinkError | None:
-        at = await self._read_optional(endpoint, DI_FREEZE_TIME_LAST)
+    async def read_frozen(self, endpoint: MeterEndpoint, last: int) -> MeterSnapshot | LinkError:
+        """The ``last``-th most recent daily freeze alone (1 = the newest): a snapshot with only the frozen
+        fields, which stay None when the meter has no such freeze."""
+        assert 1 <= last <= DAILY_FREEZES, last
+        values: dict[str, Any] = {}
+        failed = await self._read_frozen(endpoint, values, last)
+        return failed if failed is not None else MeterSnapshot(endpoint.meter_id, self.clock(), **values)
+
+    async def _read_frozen(self, endpoint: MeterEndpoint, values: dict[str, Any], last: int = 1) -> LinkError | None:
+        time_di, energy_di = DI_FREEZE_TIME_LAST + last - 1, DI_FREEZE_ENERGY_LAST + last - 1
+        at = await self._read_optional(endpoint, time_di)
         if isinstance(at, LinkError) or at is None:
             return at
-        block = await self._read_optional(endpoint, DI_FREEZE_ENERGY_LAST)
+        block = await self._read_optional(endpoint, energy_di)
         if isinstance(block, LinkError) or block is None:
             return block
         energy = _energy(block)
         if not isinstance(at, dt.datetime) or energy is None:
-            return self._garbled(endpoint, DI_FREEZE_ENERGY_LAST, block)
+            return self._garbled(endpoint, energy_di, block)
         values["frozen_at"] = self._to_utc(at)
         values["frozen_total_wh"], values["frozen_bands_wh"] = energy
         return None

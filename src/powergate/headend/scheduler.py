@@ -12,7 +12,14 @@ What it keeps (per meter a ``__slots__`` record; no task per meter):
 - on-demand reads (``read_now``) go ahead of scheduled ones on their link, bounded by ``max_on_demand``;
 - the daily frozen-data read: the first read after 00:00 site-local (plus ``frozen_after``) also reads the
   meter's daily freeze; a meter that was offline then gets it on its first successful read afterwards, which
-  is the backfill of the midnight reading from the meter's own frozen data;
+  is the backfill of the midnight reading from the meter's own frozen data. The day counts as read only when
+  the freeze is today's: a meter whose clock is behind (or that has no freeze yet) is asked again at each
+  read until ``frozen_grace`` has passed, then the day is given up (meters that cannot freeze cost an extra
+  request a read for that long only);
+- backfill of several days: a meter that was away over several midnights has the older freezes read too
+  ("last 2" .. "last n", at most ``max_backfill_days``), through links that offer ``read_frozen``
+  (``FrozenHistory``; DL/T 645), each delivered as a snapshot with only the frozen fields; a backfill cut
+  off by a lost reply is done again at the next read (reading ids make the repeat harmless);
 - gap detection: a successful read more than ``gap_after_s`` after the previous one is a gap (the meter was
   offline or missed reads); it is counted and reported to ``on_gap``;
 - retries: a read that timed out or was garbled is retried at most ``max_retries`` times (at the back of its
@@ -37,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from powergate.domain.rating import Reading
@@ -79,6 +86,13 @@ def frozen_read_due(last_frozen: dt.date | None, now: dt.datetime, tz: dt.tzinfo
     return last_frozen is None or last_frozen < local
 
 
+@runtime_checkable
+class FrozenHistory(Protocol):
+    """A link that can read older daily freezes than the last one (for backfill over several days)."""
+
+    async def read_frozen(self, endpoint: MeterEndpoint, last: int) -> MeterSnapshot | LinkError: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleConfig:
     interval_s: float = 900.0
@@ -87,6 +101,10 @@ class ScheduleConfig:
     frozen_read: bool = True
     frozen_after: dt.timedelta = dt.timedelta(minutes=5)
     """Meters freeze at their own 00:00; their clocks drift, so wait a little after the site's midnight."""
+    frozen_grace: dt.timedelta = dt.timedelta(hours=2)
+    """After ``frozen_after``, how long a missing or older-than-today freeze is asked for again at each read."""
+    max_backfill_days: int = 31
+    """At most this many daily freezes are read after an outage (DL/T 645 meters keep 62)."""
     per_link: Mapping[Transport, int] | None = None
     max_in_flight: int = 2048
     max_on_demand: int = 1024
@@ -106,6 +124,8 @@ class ScheduleConfig:
             return f"batch_size: {self.batch_size} must be in 1..max_buffered ({self.max_buffered})"
         if self.max_in_flight <= 0 or self.max_on_demand <= 0 or self.max_retries < 0:
             return "max_in_flight, max_on_demand: must be positive; max_retries: not negative"
+        if not 1 <= self.max_backfill_days <= 62:
+            return f"max_backfill_days: {self.max_backfill_days} must be in 1..62"
         return None
 
 
@@ -123,6 +143,10 @@ class ScheduleStats:
     retries: int = 0
     on_demand: int = 0
     frozen_reads: int = 0
+    stale_freezes: int = 0
+    """Frozen reads that found no freeze of today yet (meter clock behind, or no freeze): asked again."""
+    backfilled: int = 0
+    """Older daily freezes read after an outage over several midnights."""
     gaps: int = 0
     delivered: int = 0
     """Snapshots handed to the sink."""
@@ -181,6 +205,7 @@ class ReadScheduler:
         self.on_outcome = on_outcome
         self.on_gap = on_gap
         self.per_link = {**DEFAULT_PER_LINK, **(self.config.per_link or {})}
+        self._history = {transport: link for transport, link in links.items() if isinstance(link, FrozenHistory)}
         self.gap_after_s = self.config.gap_after_s or 2.5 * self.config.interval_s
         self.stats = ScheduleStats()
         self._meters: dict[str, _Meter] = {}
@@ -330,9 +355,46 @@ class ReadScheduler:
             self._check_gap(meter, outcome.at)
             if frozen:
                 self.stats.frozen_reads += 1
-                meter.frozen_day = (now.astimezone(config.tz) - config.frozen_after).date()
+                await self._after_frozen_read(meter, outcome, now)
         meter.queued = False
         meter.retries = 0
+
+    async def _after_frozen_read(self, meter: _Meter, snapshot: MeterSnapshot, now: dt.datetime) -> None:
+        """Mark today's freeze read if it is today's; read the older ones a meter away for days still has."""
+        config = self.config
+        local = now.astimezone(config.tz) - config.frozen_after
+        today = local.date()
+        frozen_at = snapshot.frozen_at
+        if frozen_at is None or frozen_at.astimezone(config.tz).date() < today:
+            # the meter has not frozen today by its own clock (it is behind) or has no freeze: ask again
+            self.stats.stale_freezes += 1
+            if local - local.replace(hour=0, minute=0, second=0, microsecond=0) < config.frozen_grace:
+                return
+        previous = meter.frozen_day
+        meter.frozen_day = today
+        missed_days = (today - previous).days if previous is not None and frozen_at is not None else 1
+        if missed_days > 1 and not await self._backfill(meter.endpoint, min(missed_days, config.max_backfill_days)):
+            meter.frozen_day = previous  # cut off: the next read reads today's freeze and the backfill again
+
+    async def _backfill(self, endpoint: MeterEndpoint, days: int) -> bool:
+        """Freezes "last 2" .. "last ``days``" as frozen-only snapshots; ``False`` if cut off (try again)."""
+        link = self._history.get(endpoint.transport)
+        if link is None:
+            return True  # the transport reads only the last freeze: the older days stay with the meter
+        for last in range(2, days + 1):
+            try:
+                async with asyncio.timeout(self.config.read_timeout_s):
+                    outcome = await link.read_frozen(endpoint, last)
+            except TimeoutError:
+                return False
+            if isinstance(outcome, LinkError):
+                # a meter that refuses an older freeze does not have it: that is the end of its history
+                return outcome.kind is FailureKind.REJECTED
+            if outcome.frozen_at is None:
+                return True  # the meter keeps no older freeze
+            self.stats.backfilled += 1
+            await self._results.put(outcome)
+        return True
 
     def _check_gap(self, meter: _Meter, at: dt.datetime) -> None:
         at_s = at.timestamp()

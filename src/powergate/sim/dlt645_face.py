@@ -6,7 +6,9 @@ RS485 line by address (including the AA wildcard and the 99..99 broadcast), as t
 
 What the meter answers:
 - 11H read by DI: every DI of ``protocols.dlt645.registry`` the meter has a value for, including the FF
-  blocks (total + rates 1..4, phase blocks); an unknown DI answers D1H with "no requested data" (02H);
+  blocks (total + rates 1..4, phase blocks) and the daily freezes (050600nn freeze time, 050601nn forward
+  active block, "last nn" = 1..62); an unknown DI, or a freeze the meter has not made yet, answers D1H with
+  "no requested data" (02H);
 - 13H read address (to AAAAAAAAAAAA), 08H broadcast time (no reply), 14H write with the level + 3-byte
   password and operator code checked (D4H + 04H on a wrong password), 1CH relay control (trip, close allowed,
   close now, alarm, power-protect) with its valid-until time, and a recharge in the meter model's
@@ -139,9 +141,24 @@ def _purchase_value(meter: VirtualMeter, di: int) -> Value | None:
     return values.get(di)
 
 
+def _frozen_value(meter: VirtualMeter, di: int) -> Value | None:
+    """050600nn: the time of the nn-th last daily freeze; 050601nn: its forward active block (Wh)."""
+    kind, last = di >> 8 & 0xFF, di & 0xFF
+    if di >> 16 != 0x0506 or kind not in (0x00, 0x01) or last == 0:
+        return None
+    freeze = meter.frozen_day(last)
+    if freeze is None:
+        return None
+    if kind == 0x00:
+        return _local_naive(meter, freeze.meter_time_s)
+    return (freeze.total_ticks * 10, *(ticks * 10 for ticks in freeze.band_ticks))
+
+
 def value_of(meter: VirtualMeter, di: int, now_s: int) -> Value | None:
     """The meter's value for ``di`` in the registry's units, or ``None`` when this meter has none."""
     family = di >> 24
+    if family == 0x05:
+        return _frozen_value(meter, di)
     if family == 0x00 and di >> 16 & 0xFF != 0x90:
         return _energy_value(meter, di)
     if family == 0x02 and di >> 16 & 0xFF != 0x80:

@@ -18,17 +18,24 @@ Invariants (checked by ``tests/unit/test_sim_meter.py``):
   purchase count (last + 1); the same count again reports "already applied" and credits nothing;
 - the relay opens by itself at the tick that takes the balance to minus the overdraft limit, above the power
   limit, or on a trip command, and never while power-protect is on; after a recharge above the close-allowed
-  amount it closes by itself.
+  amount it closes by itself;
+- daily freeze: at every local midnight (00:00 by the meter's own clock and UTC offset) that ``advance``
+  runs through, the meter freezes its clock reading and its band registers, exactly as they stand at that
+  instant (everything before 00:00 accrued, nothing after); it keeps the last ``MAX_DAILY_FREEZES``, newest
+  last, the oldest dropped. A power failure does not stop the freeze (meters catch up on the missed freezes
+  at power-up); a clock set across midnight does not freeze (the meter never ran through it).
 
 Memory: a fleet holds 10,000+ meters, so a meter is a ``__slots__`` object of ints plus references to shared,
 frozen settings (a write makes this meter its own copy); event records and the notice queue are allocated
-only when the first event happens.
+only when the first event happens; the daily freezes only at the first midnight, as one flat ``array`` of
+32-bit ints (five a day: freeze time and four band registers; the total is their sum), 20 bytes a day.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
@@ -51,6 +58,13 @@ MAX_TOU_SEGMENTS = 14
 
 MAX_REGISTER_TICKS = 99_999_999
 """Registers show XXXXXX.XX kWh and roll over to zero past 999999.99."""
+
+MAX_DAILY_FREEZES = 62
+"""DL/T 645-2007 daily freezes "last 1" .. "last 62" (DIs 050600nn / 050601nn)."""
+
+SECONDS_PER_DAY = 86_400
+_FREEZE_WORDS = 5
+"""One daily freeze in the flat array: meter time (UTC seconds), then the four band registers (ticks)."""
 
 
 class Band(IntEnum):
@@ -156,6 +170,15 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class DailyFreeze:
+    """One daily freeze: the meter's clock reading at its local 00:00 and the registers then (0.01 kWh)."""
+
+    meter_time_s: int
+    total_ticks: int
+    band_ticks: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
 class TouTable:
     """The meter's day table: ``(start minute of day, band)``, ascending, the first at 00:00."""
 
@@ -247,6 +270,7 @@ class VirtualMeter:
     __slots__ = (
         "_band_ws",
         "_events",
+        "_freezes",
         "_notices",
         "address",
         "balance_micros",
@@ -299,6 +323,7 @@ class VirtualMeter:
         self.power_w = 0
         self._events: list[int] | None = None
         self._notices: list[Notice] | None = None
+        self._freezes: array[int] | None = None
         self._check_credit()
         if not self.relay_open():
             # the load of the current minute, so a meter read at once does not show an idle 0 W
@@ -327,12 +352,18 @@ class VirtualMeter:
         assert now_s - start_s <= MAX_CATCH_UP_S, (self.address, start_s, now_s)
         offset_s = self.local_offset_s()
         alarm_before = self.alarm_level()
+        # the next local 00:00 strictly after the start, in true time (a midnight at the start was frozen by
+        # the advance that ended there, or is the meter's first instant)
+        midnight_s = start_s + SECONDS_PER_DAY - (start_s + offset_s) % SECONDS_PER_DAY
         t = start_s
         while t < now_s:
             local_s = t + offset_s
             end = min(now_s, t + 60 - local_s % 60)
             self._run_minute_piece(local_s // 60, end - t, t)
             t = end
+            if t == midnight_s:
+                self._freeze(t)
+                midnight_s += SECONDS_PER_DAY
         self.clock_s = now_s
         alarm_after = self.alarm_level()
         if alarm_after > alarm_before:
@@ -374,6 +405,33 @@ class VirtualMeter:
                 return
         self._band_ws[band] = after
         self.balance_micros -= ticks * tick_price
+
+    # -- daily freeze -------------------------------------------------------------------------------------
+
+    def _freeze(self, now_s: int) -> None:
+        freezes = self._freezes
+        if freezes is None:
+            # 32-bit words: registers stop at 99,999,999 ticks; meter times fit until 2106
+            freezes = self._freezes = array("I")
+        elif len(freezes) >= MAX_DAILY_FREEZES * _FREEZE_WORDS:
+            del freezes[:_FREEZE_WORDS]  # once a day per meter, 62 x 5 words: cheaper than a ring's index
+        freezes.append(self.meter_time_s(now_s))
+        freezes.extend(self.band_ticks(band) for band in Band)
+
+    def frozen_days(self) -> int:
+        """How many daily freezes the meter holds (0 .. ``MAX_DAILY_FREEZES``)."""
+        return len(self._freezes) // _FREEZE_WORDS if self._freezes else 0
+
+    def frozen_day(self, last: int) -> DailyFreeze | None:
+        """The ``last``-th most recent daily freeze (1 is the newest), or ``None`` if there is none such."""
+        assert last >= 1, last
+        if last > self.frozen_days():
+            return None
+        assert self._freezes is not None
+        start = len(self._freezes) - last * _FREEZE_WORDS
+        at_s, sharp, peak, flat, valley = self._freezes[start : start + _FREEZE_WORDS]
+        total = (sharp + peak + flat + valley) % (MAX_REGISTER_TICKS + 1)
+        return DailyFreeze(at_s, total, (sharp, peak, flat, valley))
 
     # -- registers and instantaneous values ---------------------------------------------------------------
 
