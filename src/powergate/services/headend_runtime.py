@@ -7,6 +7,10 @@ learns flowing into the database in batches, through the store layer:
   transaction per batch; run in a worker thread so the event loop keeps serving meters);
 - status: every read outcome feeds a ``StatusTracker``; its changes are written every ``status_every_s``;
 - events pushed by MQTT meters: stored once each (``record_events``);
+- prepaid control: ingest evaluates the balance policy in each batch's transaction (``prepaid.after_ingest``);
+  every ``prepaid_every_s`` the outbox relay turns trip / close decisions (also those a payment queued in its
+  own transaction, in any process) into commands and wakes the dispatcher at once, and every
+  ``due_trips_every_s`` trips deferred to the end of a friendly window are re-decided;
 - commands: a ``Dispatcher`` delivers the persisted command queue through a ``LinkRouter``; it is woken when a
   DTU registers, so a meter that comes back gets its pending command at once.
 
@@ -34,6 +38,7 @@ from powergate.headend.mqtt_link import MqttLink, Notice
 from powergate.headend.router import LinkRouter
 from powergate.headend.scheduler import ReadScheduler, ScheduleConfig, snapshot_readings
 from powergate.headend.status import StatusTracker
+from powergate.services import prepaid
 from powergate.services.ingest import Ingestor, IngestReport
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,9 @@ class HeadendSettings:
     status_every_s: float = 10.0
     offline_after_s: float = 3 * 900.0
     dispatch: DispatchOptions = field(default_factory=DispatchOptions)
+    prepaid_every_s: float = 0.1
+    """Outbox relay poll: bounds the delay from a payment's commit to its close command (one indexed query)."""
+    due_trips_every_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -68,6 +76,8 @@ class RuntimeStats:
     rejected: int = 0
     events: int = 0
     status_writes: int = 0
+    relayed: int = 0
+    relay_problems: int = 0
 
 
 class HeadendRuntime:
@@ -77,7 +87,7 @@ class HeadendRuntime:
         self.engine = engine
         self.settings = settings
         self.clock = clock
-        self.ingestor = ingestor or Ingestor(engine, clock=clock)
+        self.ingestor = ingestor or Ingestor(engine, clock=clock, after_post=prepaid.after_ingest)
         self.stats = RuntimeStats()
         self.status = StatusTracker(offline_after_s=settings.offline_after_s, clock=clock)
         self.endpoints: dict[str, MeterEndpoint] = {}
@@ -133,6 +143,7 @@ class HeadendRuntime:
         tasks.append(asyncio.create_task(scheduler.run(stop)))
         tasks.append(asyncio.create_task(self.dispatcher.run(stop)))
         tasks.append(asyncio.create_task(self._write_status_every(stop)))
+        tasks.append(asyncio.create_task(self._relay_prepaid_every(stop)))
         self.ready.set()
         log.info("head-end %s: %d meters, links %s", self.settings.name, len(endpoints), sorted(links))
         try:
@@ -187,6 +198,24 @@ class HeadendRuntime:
             return stored
 
         self.stats.events += await asyncio.to_thread(write)
+
+    async def _relay_prepaid_every(self, stop: asyncio.Event) -> None:
+        due_at = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            if loop.time() >= due_at:
+                due_at = loop.time() + self.settings.due_trips_every_s
+                await asyncio.to_thread(prepaid.due_trips, self.engine, self.clock())
+            relayed = await asyncio.to_thread(prepaid.process_outbox, self.engine, self.clock())
+            self.stats.relayed += relayed.commands
+            self.stats.relay_problems += len(relayed.problems)
+            for problem in relayed.problems:
+                log.warning("outbox: %s", problem)
+            if relayed.commands and self.dispatcher is not None:
+                self.dispatcher.wake()  # a close after a payment goes out now, not at the next poll
+            if relayed.rows < prepaid.DEFAULT_RELAY_BATCH:  # a full batch: more may be waiting, go again at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.prepaid_every_s)
 
     async def _write_status_every(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

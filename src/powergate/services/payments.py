@@ -53,6 +53,7 @@ from powergate.domain.payments import (
     Verified,
     offline_confirmation,
 )
+from powergate.services import prepaid
 from powergate.store.audit import record_audit
 from powergate.store.ledger import InsufficientCredit, balance, post
 from powergate.store.tables import ledger_accounts
@@ -387,6 +388,7 @@ def _credit(conn: Connection, channel: str, paid: Verified, now: dt.datetime, so
         f"order {order_no}",
     )
     post(conn, entry, now)
+    prepaid.after_recharge(conn, wallet, now)  # issue 5 hook: the close is queued with the payment
     reason = f"credited {format_money(minor_to_micros(paid.amount_fen))} to {wallet} ({source}){late}"
     record_audit(
         conn,
