@@ -224,3 +224,27 @@ def test_the_sink_wrapper_passes_readings_on_and_mirrors_prepaid_values(engine: 
     told = MeterSnapshot(METER, rig.clock(), remaining_micros=0, purchase_count=7)
     asyncio.run(sink([told, MeterSnapshot("other", rig.clock(), total_wh=5)]))
     assert seen == [2] and sink.alarms_raised == 1
+
+
+def test_a_real_payment_to_a_meter_side_wallet_is_pushed_to_its_meter_once(engine: Engine) -> None:
+    from powergate.payments.sandbox import Sandbox
+    from powergate.services import payments
+
+    rig = make_rig(engine)
+    sandbox = Sandbox(b"sandbox-secret-for-the-meter-side-test")
+    channels: dict[str, payments.PaymentChannel] = {"sandbox": sandbox}
+    policy = payments.PaymentPolicy(frozenset({"sandbox"}))
+    placed = payments.create_order(
+        engine, channels, payments.NewOrder(WALLET, 5_000, "sandbox", "instant"), policy, NOW
+    )
+    assert isinstance(placed, payments.OrderPlaced), placed
+    headers, body = sandbox.pay(placed.order_no, NOW)
+    for expected in (payments.Verdict.ACCEPTED, payments.Verdict.DUPLICATE):  # the provider notifies twice
+        outcome = payments.handle_notification(engine, channels, "sandbox", headers, body, NOW)
+        assert outcome.verdict is expected, outcome.reason
+    rig.run_dispatcher()
+    assert rig.meter.purchase_count == 4, "pushed once with the next purchase count"
+    assert rig.meter.purchased_micros == 50 * YUAN
+    assert rig.wallet_micros() == 50 * YUAN
+    with engine.connect() as conn:
+        assert ledger_store.audit(conn) == []

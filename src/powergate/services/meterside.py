@@ -141,6 +141,35 @@ def push_recharge(
     return Pushed(meter_id, command_id, count, amount_micros, created=True)
 
 
+def after_credit(
+    conn: Connection, wallet: str, amount_micros: int, payment_key: str, now: dt.datetime, requested_by: str
+) -> Pushed | Problem | None:
+    """After a payment credited ``wallet`` (same transaction): push it to the wallet's meter-side meter.
+
+    ``None`` when the wallet funds no meter in meter-side billing (platform-side billing: nothing to push). A
+    wallet funding several meter-side meters cannot say which meter holds the money: that is refused as a
+    problem, and the credit stays on the platform until an operator pushes it.
+    """
+    enrolled = (
+        conn.execute(
+            select(meters.c.id)
+            .join(ledger_accounts, ledger_accounts.c.id == meters.c.wallet_account_id)
+            .join(meter_side_state, meter_side_state.c.meter_id == meters.c.id)
+            .where(ledger_accounts.c.code == wallet)
+            .order_by(meters.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    if not enrolled:
+        return None
+    if len(enrolled) > 1:
+        return Problem("wallet", f"{wallet} funds {len(enrolled)} meter-side meters; push the recharge to one by hand")
+    return push_recharge(
+        conn, enrolled[0], amount_micros, now, requested_by, f"payment {payment_key}", payment_key=payment_key
+    )
+
+
 def _replayed(existing: queue.QueuedCommand, meter_id: str, amount_micros: int) -> Pushed | Problem:
     command = existing.command
     if existing.meter_id != meter_id or command.amount_micros != amount_micros:

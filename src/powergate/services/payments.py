@@ -53,7 +53,7 @@ from powergate.domain.payments import (
     Verified,
     offline_confirmation,
 )
-from powergate.services import prepaid
+from powergate.services import meterside, prepaid
 from powergate.store.audit import record_audit
 from powergate.store.ledger import InsufficientCredit, balance, post
 from powergate.store.tables import ledger_accounts
@@ -389,6 +389,9 @@ def _credit(conn: Connection, channel: str, paid: Verified, now: dt.datetime, so
     )
     post(conn, entry, now)
     prepaid.after_recharge(conn, wallet, now)  # issue 5 hook: the close is queued with the payment
+    pushed = meterside.after_credit(conn, wallet, entry.postings[1].amount_micros, entry.idempotency_key, now, actor)
+    if isinstance(pushed, meterside.Problem):
+        log.warning("payment %s: %s", entry.idempotency_key, pushed.message)
     reason = f"credited {format_money(minor_to_micros(paid.amount_fen))} to {wallet} ({source}){late}"
     record_audit(
         conn,
