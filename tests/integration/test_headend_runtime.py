@@ -147,3 +147,43 @@ def test_the_headend_command_registers_endpoints_and_runs_for_a_while(tmp_path: 
     out = capsys.readouterr().out
     assert "head-end headend-1: 1 meters" in out and "stopped at" in out
     assert main(["headend", "--url", url, "run", "--listen", "nonsense"]) == 2
+
+
+def test_meter_side_meters_have_their_reported_balance_mirrored(engine: Engine) -> None:
+    from powergate.services import meterside
+    from powergate.store.tables_meterside import meter_side_state
+
+    now = dt.datetime.now(dt.UTC)
+    port = free_port()
+    fleet = Fleet(FleetOptions(meters=2, dtus=1, headend=("127.0.0.1", port), seed=SEED))
+    endpoints = prepare(engine, fleet, now)[:2]
+    target = endpoints[0]
+    with engine.begin() as conn:
+        meterside.enrol(conn, target.meter_id, fleet.by_address[target.address].purchase_count, now)
+    settings = HeadendSettings(
+        name="headend-mirror",
+        dtu_listen=("127.0.0.1", port),
+        schedule=ScheduleConfig(
+            interval_s=1.0, items=frozenset({ReadItem.ENERGY, ReadItem.PREPAID}), frozen_read=False, batch_wait_s=0.1
+        ),
+    )
+    runtime = HeadendRuntime(engine, settings)
+
+    async def scenario() -> None:
+        stop, fleet_stop = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(runtime.run(stop))
+        await asyncio.wait_for(runtime.ready.wait(), 10)
+        fleet_running = asyncio.create_task(fleet.run(fleet_stop))
+        await asyncio.sleep(3.0)
+        fleet_stop.set()
+        await fleet_running
+        stop.set()
+        await asyncio.wait_for(running, 20)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    with engine.connect() as conn:
+        row = conn.execute(select(meter_side_state).where(meter_side_state.c.meter_id == target.meter_id)).one()
+    meter = fleet.by_address[target.address]
+    assert row.mirrored_at is not None
+    assert row.mirrored_purchase_count == meter.purchase_count
+    assert row.mirrored_remaining_micros is not None and row.mirrored_remaining_micros >= meter.remaining_micros()

@@ -26,6 +26,12 @@ def register(subparsers: Any) -> None:
     run.add_argument("--group", default="headend", help="MQTT shared-subscription group")
     run.add_argument("--interval", type=float, default=900.0, help="read interval in seconds (default 900)")
     run.add_argument("--timezone", default="Asia/Shanghai", help="site time zone for the daily frozen read")
+    run.add_argument(
+        "--read",
+        default="energy,relay",
+        help="what each scheduled read fetches, comma separated: energy, instant, relay, prepaid, clock "
+        "(prepaid for meter-side billing; default energy,relay)",
+    )
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
     run.set_defaults(handler=_run)
 
@@ -56,6 +62,7 @@ def _engine(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from powergate.headend.model import ReadItem
     from powergate.headend.scheduler import ScheduleConfig
     from powergate.services.headend_runtime import HeadendRuntime, HeadendSettings
 
@@ -73,13 +80,19 @@ def _run(args: argparse.Namespace) -> int:
     except (ZoneInfoNotFoundError, ValueError):
         print(f"error: --timezone: unknown time zone {args.timezone!r}", file=sys.stderr)
         return 2
+    try:
+        items = frozenset(ReadItem(name.strip()) for name in args.read.split(",") if name.strip())
+    except ValueError:
+        known = ", ".join(i.value for i in ReadItem if i is not ReadItem.FROZEN_DAY)
+        print(f"error: --read: {args.read!r}; choose from {known}", file=sys.stderr)
+        return 2
     assert not isinstance(listen, str) and not isinstance(broker, str)
     settings = HeadendSettings(
         name=args.name,
         dtu_listen=listen,
         mqtt_broker=broker,
         mqtt_group=args.group,
-        schedule=ScheduleConfig(interval_s=args.interval, tz=tz),
+        schedule=ScheduleConfig(interval_s=args.interval, tz=tz, items=items or frozenset({ReadItem.ENERGY})),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = _engine(args)

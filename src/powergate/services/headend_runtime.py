@@ -38,7 +38,7 @@ from powergate.headend.mqtt_link import MqttLink, Notice
 from powergate.headend.router import LinkRouter
 from powergate.headend.scheduler import ReadScheduler, ScheduleConfig, snapshot_readings
 from powergate.headend.status import StatusTracker
-from powergate.services import prepaid
+from powergate.services import meterside, prepaid
 from powergate.services.ingest import Ingestor, IngestReport
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class RuntimeStats:
     rejected: int = 0
     events: int = 0
     status_writes: int = 0
+    alarms: int = 0
     relayed: int = 0
     relay_problems: int = 0
 
@@ -172,6 +173,8 @@ class HeadendRuntime:
             return
         async with self._ingest_lock:  # one writer per process: batches are ingested in order
             report: IngestReport = await asyncio.to_thread(self.ingestor.ingest, readings)
+            if any(snapshot.purchase_count is not None for snapshot in batch):
+                await asyncio.to_thread(self._mirror, batch)
         self.stats.batches += 1
         self.stats.readings += len(readings)
         self.stats.rated += report.rated
@@ -179,6 +182,15 @@ class HeadendRuntime:
         self.stats.rejected += len(report.rejected)
         for reading_id, reason in report.rejected:
             log.warning("reading %s rejected: %s", reading_id, reason)
+
+    def _mirror(self, batch: Sequence[MeterSnapshot]) -> None:
+        """Meter-side meters: store what they report of their balance; mismatches become alarms."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            alarms = meterside.mirror(conn, batch, now)
+        self.stats.alarms += len(alarms)
+        for alarm in alarms:
+            log.warning("reconciliation alarm %s %s: %s", alarm.subject, alarm.kind, alarm.message)
 
     async def _on_notices(self, notices: Sequence[Notice]) -> None:
         events = [
