@@ -11,38 +11,8 @@ A notification leaves the core as one `OutgoingMessage` and comes back from a ch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+# The types live in the pure domain layer so that the delivery worker (services) can use them without importing
+# this outer adapter package; adapters import them from here.
+from powergate.domain.notifications import Channel, DeliveryResult, OutgoingMessage
 
-
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """One message to one recipient on one channel."""
-
-    message_id: str  # idempotency key: providers that support it get it; the webhook id header carries it
-    channel: str  # "email" | "sms" | "voice" | "wechat" | "push" | "webhook"
-    address: str  # e-mail address, phone number, openid, push token, webhook URL
-    subject: str
-    body: str
-    language: str  # "zh-CN" | "en"
-    event: str  # event kind
-    data: Mapping[str, str]  # template variables (SMS/WeChat template parameters, webhook payload)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryResult:
-    """What a channel made of one attempt to send a message."""
-
-    ok: bool
-    retryable: bool = True  # False: permanent failure (bad address, rejected by provider)
-    provider_id: str = ""  # the provider's message id
-    reason: str = ""
-
-
-class Channel(Protocol):
-    """A delivery channel adapter: e-mail, SMS, voice, WeChat, push or webhook."""
-
-    name: str
-
-    async def send(self, message: OutgoingMessage) -> DeliveryResult: ...
+__all__ = ["Channel", "DeliveryResult", "OutgoingMessage"]
