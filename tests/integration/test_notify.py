@@ -230,6 +230,29 @@ def test_prepaid_low_balance_and_trip_outbox_rows_become_tenant_notifications(en
     assert bodies[0] == "Account A-1 (Tenant) has ¥0.00 left, below the ¥10.00 warning level. Please recharge."
 
 
+def test_the_outbox_relay_notifies_warnings_and_trips_without_anyone_calling_notify(engine: Engine) -> None:
+    from powergate.domain.ledger import charge_entry, recharge_entry
+    from powergate.services import prepaid
+    from powergate.store import ledger as ledger_store
+
+    _, account = setup(engine)
+    yuan = 1_000_000
+    with engine.begin() as conn:
+        view = structure.account_view(conn, account)
+        assert view is not None
+        ledger_store.post(conn, recharge_entry("cash:1", view.wallet, "cash", 25 * yuan, NOON), NOON)
+        ledger_store.post(conn, charge_entry("r1", view.wallet, {"energy": 25 * yuan}, NOON), NOON)
+        assert prepaid.after_ingest(conn, {view.wallet_account_id}, NOON) == 4
+    relayed = prepaid.process_outbox(engine, NOON)  # what the head-end process runs every 100 ms
+    again = prepaid.process_outbox(engine, NOON)
+    assert relayed.rows == 4 and again.rows == 0
+    # the account has no meter attached: the trip cannot be sent, and says so; the notices still go out
+    assert len(relayed.problems) == 1 and "has no meter" in relayed.problems[0]
+    assert Counter(r.event for r in rows(engine)) == {"low_balance": 6, "tripped": 3}
+    with engine.connect() as conn:
+        assert all(row["processed_at"] is not None for row in prepaid.outbox_rows(conn))
+
+
 def test_an_event_missing_a_template_variable_inserts_nothing_and_names_the_variable(engine: Engine) -> None:
     site, account = setup(engine)
     with engine.begin() as conn:

@@ -47,11 +47,12 @@ def test_a_trip_is_relayed_to_every_meter_of_the_wallet_once_even_when_relayed_a
     wallet_id = setup(engine)
     assert spend(engine, "r1", 25 * YUAN, WEDNESDAY_NOON, wallet_id) == 4  # warnings 50, 20, 10 yuan; trip
     first = prepaid.process_outbox(engine, WEDNESDAY_NOON)
-    assert (first.rows, first.commands, first.closes) == (1, 2, 0)
+    # four rows processed: the trip becomes commands, the three warnings become notifications
+    assert (first.rows, first.commands, first.closes) == (4, 2, 0)
     with engine.begin() as conn:  # a crash after enqueue, before marking: the row is seen again
         conn.execute(prepaid.outbox.update().values(processed_at=None))
     again = prepaid.process_outbox(engine, WEDNESDAY_NOON)
-    assert (again.rows, again.commands) == (1, 0), "the commands exist: nothing is sent twice"
+    assert (again.rows, again.commands) == (4, 0), "the commands exist: nothing is sent twice"
     with engine.connect() as conn:
         assert len(queue.commands_of(conn, "M-1")) == 1 and len(queue.commands_of(conn, "M-2")) == 1
         assert [r["payload"]["level_micros"] for r in prepaid.outbox_rows(conn, "warning")] == [

@@ -50,6 +50,7 @@ from powergate.domain.calendar import SiteCalendar
 from powergate.headend import commands as queue
 from powergate.headend.commands import Enqueued, Problem, QueuedCommand
 from powergate.headend.model import CommandKind, MeterCommand
+from powergate.services import notify
 from powergate.store.audit import record_audit
 from powergate.store.tables import ledger_accounts, meters
 from powergate.store.tables_prepaid import BILLING_MODES, outbox, wallet_policies, wallet_states
@@ -65,6 +66,8 @@ RELAY_VALID_FOR = dt.timedelta(hours=1)
 OPERATION_VALID_FOR = dt.timedelta(hours=24)
 DEFAULT_TZ = "Asia/Shanghai"
 RELAY_KINDS = ("trip", "close")
+PROCESSED_KINDS = ("trip", "close", "warning")
+"""Outbox kinds this relay handles; warnings only notify."""
 
 
 # -- policies ------------------------------------------------------------------------------------------------
@@ -321,12 +324,21 @@ class Relayed:
 
 
 def process_outbox(engine: Engine, now: dt.datetime, limit: int = DEFAULT_RELAY_BATCH) -> Relayed:
-    """Turn unprocessed trip / close rows into meter commands and mark them processed, in one transaction."""
+    """Turn unprocessed outbox rows into meter commands (trip, close) and notifications (warning, trip, close),
+    and mark them processed, in one transaction. A notification problem (say, a template missing a variable) is
+    recorded on the row but never holds back a relay command."""
     assert 0 < limit <= MAX_RELAY_BATCH, limit
     with engine.begin() as conn:
         query = (
-            select(outbox.c.id, outbox.c.kind, outbox.c.key, outbox.c.wallet_account_id, outbox.c.payload)
-            .where(outbox.c.kind.in_(RELAY_KINDS), outbox.c.processed_at.is_(None), outbox.c.available_at <= now)
+            select(
+                outbox.c.id,
+                outbox.c.kind,
+                outbox.c.key,
+                outbox.c.wallet_account_id,
+                outbox.c.payload,
+                outbox.c.created_at,
+            )
+            .where(outbox.c.kind.in_(PROCESSED_KINDS), outbox.c.processed_at.is_(None), outbox.c.available_at <= now)
             .order_by(outbox.c.id)
             .limit(limit)
         )
@@ -334,13 +346,30 @@ def process_outbox(engine: Engine, now: dt.datetime, limit: int = DEFAULT_RELAY_
         commands = closes = 0
         problems: list[str] = []
         for row in rows:
-            made, fault = _relay_one(conn, str(row.kind), str(row.key), int(row.wallet_account_id), now)
-            commands += made
-            closes += made if row.kind == "close" else 0
+            kind, key, wallet_id = str(row.kind), str(row.key), int(row.wallet_account_id)
+            fault = None
+            if kind in RELAY_KINDS:
+                made, fault = _relay_one(conn, kind, key, wallet_id, now)
+                commands += made
+                closes += made if kind == "close" else 0
+            payload = {**json.loads(row.payload), "wallet_account_id": wallet_id}
+            unheard = _notify_one(conn, kind, key, payload, row.created_at, now)
+            fault = "; ".join(p for p in (fault, unheard) if p) or None
             if fault is not None:
                 problems.append(fault)
             _mark(conn, int(row.id), now, fault)
     return Relayed(len(rows), commands, closes, tuple(problems))
+
+
+def _notify_one(
+    conn: Connection, kind: str, key: str, payload: dict[str, Any], created_at: dt.datetime, now: dt.datetime
+) -> str | None:
+    """Tell the tenant and the site's administrators; a problem as text, or None."""
+    event = notify.event_from_outbox(conn, kind, key, payload, created_at)
+    if event is None:
+        return None  # a bare wallet with no account (tests, ledger tools): nobody to tell
+    done = notify.notify_event(conn, event, now)
+    return f"{key}: notification: {done.message}" if isinstance(done, notify.Rejected) else None
 
 
 def _relay_one(conn: Connection, kind: str, key: str, wallet_id: int, now: dt.datetime) -> tuple[int, str | None]:
