@@ -641,3 +641,29 @@ def test_acceptance_a_worker_killed_mid_delivery_loses_nothing_and_the_receiver_
     assert {r.state for r in log} == {"sent"}
     assert set(receiver.seen) == {r.message_id for r in log}, "every message arrived"
     assert sorted(receiver.seen.values()) == [1, 1, 1, 1, 2], "the one in flight was handed over twice, same id"
+
+
+def test_the_head_end_process_delivers_queued_notifications(engine: Engine) -> None:
+    from powergate.services.headend_runtime import HeadendRuntime, HeadendSettings
+
+    site, account = setup(engine)
+    notify_once(engine, event(EventKind.TRIPPED, "outbox:trip:9", site, account, TRIP), NOON)
+    channels = providers()
+    settings = HeadendSettings(name="notifier", dtu_listen=None, notify_channels=channels, notify_every_s=0.1)
+    runtime = HeadendRuntime(engine, settings, clock=lambda: NOON)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(runtime.run(stop))
+        await asyncio.wait_for(runtime.ready.wait(), 10)
+        for _ in range(100):
+            if runtime.stats.notifications >= 3:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(running, 10)
+
+    asyncio.run(scenario())
+    assert runtime.stats.notifications == 3, "e-mail, SMS and a voice call for a trip"
+    assert all(r.state == "sent" for r in rows(engine))
+    assert sum(handovers(channels).values()) == 3

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -31,6 +32,9 @@ def register(subparsers: Any) -> None:
         default="energy,relay",
         help="what each scheduled read fetches, comma separated: energy, instant, relay, prepaid, clock "
         "(prepaid for meter-side billing; default energy,relay)",
+    )
+    run.add_argument(
+        "--notify-config", type=Path, help="notification channels (TOML); with it this process delivers notifications"
     )
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGTERM)")
     run.set_defaults(handler=_run)
@@ -86,6 +90,15 @@ def _run(args: argparse.Namespace) -> int:
         known = ", ".join(i.value for i in ReadItem if i is not ReadItem.FROZEN_DAY)
         print(f"error: --read: {args.read!r}; choose from {known}", file=sys.stderr)
         return 2
+    channels = None
+    if args.notify_config is not None:
+        from powergate.notify.config import ConfigError, build_channels, load_notify_config
+
+        try:
+            channels = build_channels(load_notify_config(args.notify_config))
+        except (ConfigError, OSError) as error:
+            print(f"error: --notify-config {args.notify_config}: {error}", file=sys.stderr)
+            return 2
     assert not isinstance(listen, str) and not isinstance(broker, str)
     settings = HeadendSettings(
         name=args.name,
@@ -93,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         mqtt_broker=broker,
         mqtt_group=args.group,
         schedule=ScheduleConfig(interval_s=args.interval, tz=tz, items=items or frozenset({ReadItem.ENERGY})),
+        notify_channels=channels,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = _engine(args)

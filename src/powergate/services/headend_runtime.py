@@ -23,11 +23,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from powergate.domain.notifications import Channel
 from powergate.headend import status as status_store
 from powergate.headend.commands import Dispatcher, DispatchOptions
 from powergate.headend.dlt645_link import Dlt645Link
@@ -38,7 +39,7 @@ from powergate.headend.mqtt_link import MqttLink, Notice
 from powergate.headend.router import LinkRouter
 from powergate.headend.scheduler import ReadScheduler, ScheduleConfig, snapshot_readings
 from powergate.headend.status import StatusTracker
-from powergate.services import meterside, prepaid
+from powergate.services import meterside, notify, prepaid
 from powergate.services.ingest import Ingestor, IngestReport
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class HeadendSettings:
     status_every_s: float = 10.0
     offline_after_s: float = 3 * 900.0
     dispatch: DispatchOptions = field(default_factory=DispatchOptions)
+    notify_channels: Mapping[str, Channel] | None = None
+    """Notification channels; with them this process also delivers notifications (queued by the outbox relay)."""
+    notify_every_s: float = 1.0
     prepaid_every_s: float = 0.1
     """Outbox relay poll: bounds the delay from a payment's commit to its close command (one indexed query)."""
     due_trips_every_s: float = 10.0
@@ -77,6 +81,7 @@ class RuntimeStats:
     events: int = 0
     status_writes: int = 0
     alarms: int = 0
+    notifications: int = 0
     relayed: int = 0
     relay_problems: int = 0
 
@@ -144,6 +149,11 @@ class HeadendRuntime:
         tasks.append(asyncio.create_task(scheduler.run(stop)))
         tasks.append(asyncio.create_task(self.dispatcher.run(stop)))
         tasks.append(asyncio.create_task(self._write_status_every(stop)))
+        if self.settings.notify_channels:
+            worker = notify.DeliveryWorker(
+                self.engine, self.settings.notify_channels, self.clock, worker_id=f"{self.settings.name}-notify"
+            )
+            tasks.append(asyncio.create_task(self._deliver_every(worker, stop)))
         tasks.append(asyncio.create_task(self._relay_prepaid_every(stop)))
         self.ready.set()
         log.info("head-end %s: %d meters, links %s", self.settings.name, len(endpoints), sorted(links))
@@ -228,6 +238,16 @@ class HeadendRuntime:
             if relayed.rows < prepaid.DEFAULT_RELAY_BATCH:  # a full batch: more may be waiting, go again at once
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.prepaid_every_s)
+
+    async def _deliver_every(self, worker: notify.DeliveryWorker, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                sent = await worker.run_until_idle(max_rounds=10)
+                self.stats.notifications += sent.sent
+            except Exception:  # one bad round must not stop delivery; it is retried next round
+                log.exception("notification delivery round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.notify_every_s)
 
     async def _write_status_every(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
