@@ -9,52 +9,20 @@ back that finance makes by hand; it is recorded here as done.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 
-from powergate.payments.base import (
-    OFFLINE_NOTIFICATION,
-    ChannelName,
-    OrderOpened,
-    OrderRequest,
-    ProviderFailure,
-    QueryResult,
-    RefundAccepted,
-    RefundOrder,
-    RefundState,
-    Rejected,
-    Reply,
-    Verified,
-    offline_confirmation,
-)
+from powergate.payments.base import ChannelName, OrderOpened, OrderRequest, ProviderFailure
+from powergate.payments.offline import OfflineChannel
 
 
-class BankTransfer:
+class BankTransfer(OfflineChannel):
     """Manual bank transfers, confirmed by finance with the bank's reference."""
 
-    @property
-    def name(self) -> ChannelName:
-        return ChannelName.BANK
+    channel = ChannelName.BANK
+    label = "the bank channel"
+    refund_note = "transferred back by finance"
 
     def create_order(self, request: OrderRequest, now: dt.datetime) -> OrderOpened | ProviderFailure:
         if request.method != "transfer":
             return ProviderFailure(f"method {request.method!r}: bank orders are 'transfer'", False)
         # The payer quotes the order number as the transfer's remark so finance can match it.
         return OrderOpened(request.order_no, {"remark": request.order_no})
-
-    def confirmation(self, order_no: str, amount_fen: int, reference: str, now: dt.datetime) -> Verified | Rejected:
-        return offline_confirmation(self.name, order_no, amount_fen, reference, now)
-
-    def verify_notification(self, headers: Mapping[str, str], body: bytes, now: dt.datetime) -> Verified | Rejected:
-        return Rejected(f"the bank channel {OFFLINE_NOTIFICATION}")
-
-    def query_order(self, order_no: str, now: dt.datetime) -> QueryResult | ProviderFailure:
-        return ProviderFailure("the bank channel has no provider to query", retryable=False)
-
-    def close_order(self, order_no: str, now: dt.datetime) -> ProviderFailure | None:
-        return None
-
-    def refund(self, request: RefundOrder, now: dt.datetime) -> RefundAccepted | ProviderFailure:
-        return RefundAccepted(request.refund_no, RefundState.SUCCEEDED, None, "transferred back by finance")
-
-    def reply(self, handled: bool, reason: str) -> Reply:
-        return Reply(200 if handled else 400, "text/plain", reason.encode()[:200])
