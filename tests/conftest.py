@@ -43,6 +43,13 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(f"SKIPPED LOUDLY: {message}; start it to run this test")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for servers a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def require_command(command: str, package: str) -> str:
     """The path of an external command the test drives (mbpoll, mosquitto_pub, ...)."""
     path = shutil.which(command)

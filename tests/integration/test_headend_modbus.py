@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 
+from conftest import free_port
 from powergate.headend.modbus_link import Gateway, ModbusLink
 from powergate.headend.model import (
     CommandKind,
@@ -86,12 +86,6 @@ async def served(
         yield f"{'rtu://' if rtu else ''}127.0.0.1:{bound_port(server)}", context
     finally:
         await server.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_a_read_returns_energy_relay_prepaid_and_instant_values_as_the_meter_holds_them() -> None:

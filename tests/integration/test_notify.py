@@ -13,7 +13,6 @@ import datetime as dt
 import email
 import http.server
 import random
-import socket
 import threading
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, func, select
 
+from conftest import free_port
 from powergate.domain.notifications import (
     MAX_ATTEMPTS,
     DeliveryResult,
@@ -505,12 +505,6 @@ class Mailbox:
         parsed = email.message_from_bytes(envelope.content)
         self.message_ids.append(str(parsed["Message-ID"]))
         return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def email_only(engine: Engine, site: int, account: int) -> None:

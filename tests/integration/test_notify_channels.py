@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import socket
 import ssl
 import threading
 import time
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from conftest import free_port
 from powergate.notify._http import HttpProviderChannel, HttpProviderConfig
 from powergate.notify.base import DeliveryResult, OutgoingMessage
 from powergate.notify.config import ConfigError, build_channels, load_notify_config
@@ -70,13 +70,6 @@ def message(channel: str, address: str, **overrides: Any) -> OutgoingMessage:
 def run(coroutine: Any) -> DeliveryResult:
     result: DeliveryResult = asyncio.run(asyncio.wait_for(coroutine, 30))
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --- a real SMTP server -------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import time
 
 from sqlalchemy import Engine, func, select
 
+from conftest import free_port
 from powergate.domain.ledger import recharge_entry, wallet_code
 from powergate.headend import commands as queue
 from powergate.headend.commands import CommandState, DispatchOptions
@@ -44,12 +44,6 @@ currency = "CNY"
 effective_from = "2020-01-01"
 price = "10.0000"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def prepare(engine: Engine, fleet: Fleet, now: dt.datetime) -> MeterEndpoint:

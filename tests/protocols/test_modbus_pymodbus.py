@@ -8,7 +8,6 @@ fed to ``describe_frame``.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -17,6 +16,7 @@ from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 from test_modbus_codec import ACREL_VALUES
 
+from conftest import free_port
 from powergate.protocols.modbus import (
     ACREL_SINGLE_PHASE,
     GENERIC_THREE_PHASE,
@@ -60,12 +60,6 @@ GENERIC_VALUES = {
     "relay_state": 0,
     "cover_open": 1,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def runs(register_map: RegisterMap, table: Table) -> list[tuple[int, int]]:
