@@ -403,7 +403,9 @@ def test_two_dispatchers_racing_over_one_queue_never_send_an_attempt_twice(engin
     assert site.states() == {CommandState.VERIFIED: 120}
     assert set(site.link.deliveries.values()) == {1}
     assert {meter_id: m.purchased_micros for meter_id, m in site.meters.items()} == expected
-    assert first.stats.claimed > 0 and second.stats.claimed > 0
+    # Who wins is not asserted: SQLite serialises writers and PostgreSQL's SKIP LOCKED hides claimed rows, so one
+    # dispatcher may take every claim. The race is the ten concurrent rounds; the invariant is the one above: no
+    # attempt sent twice, every command verified, every meter credited exactly.
 
 
 def test_the_running_dispatcher_delivers_a_thousand_commands_to_a_thousand_meters(engine: Engine) -> None:
