@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 
 from sqlalchemy import Engine, func, select
 
@@ -181,3 +182,55 @@ def test_meter_side_meters_have_their_reported_balance_mirrored(engine: Engine) 
     assert row.mirrored_at is not None
     assert row.mirrored_purchase_count == meter.purchase_count
     assert row.mirrored_remaining_micros is not None and row.mirrored_remaining_micros >= meter.remaining_micros()
+
+
+def test_a_meter_whose_clock_is_off_is_synced_once_by_the_head_end_process(engine: Engine) -> None:
+    from zoneinfo import ZoneInfo
+
+    from powergate.headend.commands import CommandState
+
+    # a fixed time well away from midnight, when the policy allows syncs
+    now = dt.datetime.now(ZoneInfo("Asia/Shanghai")).replace(hour=12, minute=0).astimezone(dt.UTC)
+    port = free_port()
+
+    started = time.monotonic()
+
+    def clock() -> dt.datetime:  # the head-end and the meters share one clock, set to noon and running
+        return now + dt.timedelta(seconds=time.monotonic() - started)
+
+    fleet = Fleet(
+        FleetOptions(meters=2, dtus=1, headend=("127.0.0.1", port), seed=SEED), clock=lambda: int(clock().timestamp())
+    )
+    endpoints = prepare(engine, fleet, now)[:2]
+    slow = fleet.by_address[endpoints[0].address]
+    slow.clock_offset_s = -600  # ten minutes slow
+    settings = HeadendSettings(
+        name="headend-clock",
+        dtu_listen=("127.0.0.1", port),
+        schedule=ScheduleConfig(
+            interval_s=1.0, items=frozenset({ReadItem.ENERGY, ReadItem.CLOCK}), frozen_read=False, batch_wait_s=0.1
+        ),
+        dispatch=DispatchOptions(poll_s=0.1),
+    )
+    runtime = HeadendRuntime(engine, settings, clock=clock)
+
+    async def scenario() -> None:
+        stop, fleet_stop = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(runtime.run(stop))
+        await asyncio.wait_for(runtime.ready.wait(), 10)
+        fleet_running = asyncio.create_task(fleet.run(fleet_stop))
+        await asyncio.sleep(4.0)
+        fleet_stop.set()
+        await fleet_running
+        stop.set()
+        await asyncio.wait_for(running, 20)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    day = now.astimezone(ZoneInfo("Asia/Shanghai")).date().isoformat()
+    with engine.connect() as conn:
+        synced = queue.get(conn, f"timesync:{endpoints[0].meter_id}:{day}")
+        untouched = queue.get(conn, f"timesync:{endpoints[1].meter_id}:{day}")
+    assert runtime.stats.time_syncs == 1, "one sync, however many reads saw the slow clock"
+    assert synced is not None and synced.state is CommandState.VERIFIED
+    assert untouched is None, "a meter on time is left alone"
+    assert abs(slow.clock_offset_s) < 60, "the broadcast set the slow meter's clock"

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from powergate.domain.notifications import Channel
+from powergate.headend import commands as queue
 from powergate.headend import status as status_store
 from powergate.headend.commands import Dispatcher, DispatchOptions
 from powergate.headend.dlt645_link import Dlt645Link
@@ -39,6 +40,7 @@ from powergate.headend.mqtt_link import MqttLink, Notice
 from powergate.headend.router import LinkRouter
 from powergate.headend.scheduler import ReadScheduler, ScheduleConfig, snapshot_readings
 from powergate.headend.status import StatusTracker
+from powergate.headend.timesync import TimeSyncAction, TimeSyncPlanner
 from powergate.services import meterside, notify, prepaid
 from powergate.services.ingest import Ingestor, IngestReport
 
@@ -82,6 +84,7 @@ class RuntimeStats:
     status_writes: int = 0
     alarms: int = 0
     notifications: int = 0
+    time_syncs: int = 0
     relayed: int = 0
     relay_problems: int = 0
 
@@ -103,6 +106,7 @@ class HeadendRuntime:
         self.dtu_port: int | None = None
         self.ready = asyncio.Event()
         self._ingest_lock = asyncio.Lock()
+        self.timesync = TimeSyncPlanner()
 
     def load_endpoints(self) -> list[MeterEndpoint]:
         with self.engine.connect() as conn:
@@ -185,6 +189,7 @@ class HeadendRuntime:
             report: IngestReport = await asyncio.to_thread(self.ingestor.ingest, readings)
             if any(snapshot.purchase_count is not None for snapshot in batch):
                 await asyncio.to_thread(self._mirror, batch)
+        await self._sync_clocks(batch)
         self.stats.batches += 1
         self.stats.readings += len(readings)
         self.stats.rated += report.rated
@@ -192,6 +197,34 @@ class HeadendRuntime:
         self.stats.rejected += len(report.rejected)
         for reading_id, reason in report.rejected:
             log.warning("reading %s rejected: %s", reading_id, reason)
+
+    async def _sync_clocks(self, batch: Sequence[MeterSnapshot]) -> None:
+        """Meters whose clock was read: a TIME_SYNC command where the policy says so (at most once a day each)."""
+        now = self.clock()
+        due: list[tuple[str, str]] = []
+        for snapshot in batch:
+            endpoint = self.endpoints.get(snapshot.meter_id)
+            if snapshot.meter_time is None or endpoint is None:
+                continue
+            decision = self.timesync.decide(endpoint, snapshot, now, self.settings.schedule.tz)
+            if decision.action in (TimeSyncAction.SYNC, TimeSyncAction.BROADCAST):
+                due.append((endpoint.meter_id, decision.reason))
+            elif decision.action is TimeSyncAction.ALARM:
+                log.warning("meter %s clock: %s", endpoint.meter_id, decision.reason)
+        if not due:
+            return
+
+        def enqueue() -> None:
+            day = now.astimezone(self.settings.schedule.tz).date().isoformat()
+            with self.engine.begin() as conn:
+                for meter_id, reason in due:
+                    command = TimeSyncPlanner.command(f"timesync:{meter_id}:{day}", now)
+                    queue.enqueue(conn, meter_id, command, requested_by=self.settings.name, reason=reason, now=now)
+
+        await asyncio.to_thread(enqueue)
+        self.stats.time_syncs += len(due)
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
 
     def _mirror(self, batch: Sequence[MeterSnapshot]) -> None:
         """Meter-side meters: store what they report of their balance; mismatches become alarms."""
