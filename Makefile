@@ -1,12 +1,13 @@
-# PowerGate: the two set-up commands are `make demo` (coming with the console) and `make test`.
-# Everything installs into .venv from PyPI; nothing else is needed on a fresh machine but Python 3.11.
+# PowerGate: the two set-up commands are `make demo` and `make test`.
+# Python packages install into .venv from PyPI; the console's front-end assets come from npm (frontend/, with a lock
+# file) and are copied into src/powergate/web/static/vendor/ by `make assets`. Nothing is fetched at run time.
 
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test check lint types format bench clean
+.PHONY: install assets demo test check lint types format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +15,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) assets
+
+# Front-end assets (Chart.js, htmx, ...) from the npm registry, pinned by frontend/package-lock.json.
+assets:
+	bash frontend/build.sh
+
+# Installs everything and runs the platform on its embedded defaults with a demo organisation and virtual meters.
+demo: install
+	$(VENV)/bin/powergate demo
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
