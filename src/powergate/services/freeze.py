@@ -242,6 +242,11 @@ def claim(engine: Engine, job: str, period: str, owner: str, now: dt.datetime, l
         return Claim.TAKEN_OVER if taken.rowcount == 1 else Claim.RUNNING
 
 
+def finish_claim(conn: Connection, job: str, period: str, owner: str, now: dt.datetime) -> None:
+    """Mark a claimed (job, period) done in the caller's transaction; ``LeaseLost`` if another owner took it."""
+    _renew(conn, job, period, owner, now, finish=True)
+
+
 def _renew(conn: Connection, job: str, period: str, owner: str, now: dt.datetime, *, finish: bool) -> None:
     bulk = Bulk(conn)
     finished = ", finished_at = :now" if finish else ""

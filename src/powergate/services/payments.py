@@ -58,6 +58,7 @@ from powergate.store.audit import record_audit
 from powergate.store.ledger import InsufficientCredit, balance, post
 from powergate.store.tables import ledger_accounts
 from powergate.store.tables_payments import MAX_ORDER_FEN, orders, payment_notifications, refunds
+from powergate.store.tables_prepaid import outbox
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,16 @@ RECONCILE_GRACE_S = 60
 """After expiry, wait this long before closing, for a payment that raced the deadline."""
 MAX_RECONCILE_BATCH = 500
 MAX_TEXT_CHARS = 2_000
+
+
+CHANNEL_NAMES: Mapping[str, str] = {
+    "wechat": "WeChat Pay",
+    "alipay": "Alipay",
+    "cashier": "cashier",
+    "bank": "bank transfer",
+    "sandbox": "sandbox",
+}
+"""How a channel is named to a tenant ("received via WeChat Pay")."""
 
 
 class Verdict(StrEnum):
@@ -389,6 +400,7 @@ def _credit(conn: Connection, channel: str, paid: Verified, now: dt.datetime, so
     )
     post(conn, entry, now)
     prepaid.after_recharge(conn, wallet, now)  # issue 5 hook: the close is queued with the payment
+    _announce(conn, int(row.wallet_account_id), channel, entry, now)  # "recharge received", to the tenant
     pushed = meterside.after_credit(conn, wallet, entry.postings[1].amount_micros, entry.idempotency_key, now, actor)
     if isinstance(pushed, meterside.Problem):
         log.warning("payment %s: %s", entry.idempotency_key, pushed.message)
@@ -403,6 +415,29 @@ def _credit(conn: Connection, channel: str, paid: Verified, now: dt.datetime, so
         now,
     )
     return Settlement(Verdict.ACCEPTED, reason, order_no)
+
+
+def _announce(conn: Connection, wallet_account_id: int, channel: str, entry: Entry, now: dt.datetime) -> None:
+    """The outbox row from which ``services.notices`` tells the tenant the money arrived (same transaction)."""
+    balance_micros = conn.execute(
+        select(ledger_accounts.c.balance_micros).where(ledger_accounts.c.id == wallet_account_id)
+    ).scalar_one()
+    payload = {
+        "amount_micros": entry.postings[1].amount_micros,
+        "balance_micros": int(balance_micros),
+        "channel": CHANNEL_NAMES.get(channel, channel),
+    }
+    conn.execute(
+        insert(outbox).values(
+            kind="recharged",
+            key=f"recharged:{entry.idempotency_key}",
+            wallet_account_id=wallet_account_id,
+            payload=json.dumps(payload, sort_keys=True),
+            created_at=now,
+            available_at=now,
+            attempts=0,
+        )
+    )
 
 
 def _mismatch(row: Row[Any], channel: str, paid: Verified) -> str | None:
