@@ -44,6 +44,8 @@ class EventKind(enum.StrEnum):
     RECONCILIATION_DISCREPANCY = "reconciliation_discrepancy"
     DAILY_REPORT_READY = "daily_report_ready"
     RUNOUT_FORECAST = "runout_forecast"
+    BILL_ISSUED = "bill_issued"
+    BILL_OVERDUE = "bill_overdue"
 
 
 URGENT_EVENTS = frozenset({EventKind.TRIPPED, EventKind.RESTORED})
@@ -310,6 +312,23 @@ DEFAULT_TEMPLATES: Mapping[tuple[EventKind, str], tuple[str, str]] = {
         "预计 ${days} 天后余额用尽",
         "按当前用电速度，户号 ${account_no}（${room}）余额预计 ${days} 天后用尽，请及时充值。",
     ),
+    (_K.BILL_ISSUED, "en"): (
+        "Bill ${bill_no}: ${amount} due by ${due}",
+        "Your bill ${bill_no} for account ${account_no} (${room}), ${period}, is ${amount}. Please pay by ${due}.",
+    ),
+    (_K.BILL_ISSUED, "zh-CN"): (
+        "账单 ${bill_no}：${amount}，请于 ${due} 前缴纳",
+        "户号 ${account_no}（${room}）${period} 账单 ${bill_no} 金额 ${amount}，请于 ${due} 前缴纳。",
+    ),
+    (_K.BILL_OVERDUE, "en"): (
+        "Overdue: bill ${bill_no} (${amount})",
+        "Bill ${bill_no} for account ${account_no} (${room}), ${period}, of ${amount} was due on ${due} and is "
+        "not paid yet. Please pay it now.",
+    ),
+    (_K.BILL_OVERDUE, "zh-CN"): (
+        "欠费提醒：账单 ${bill_no}（${amount}）",
+        "户号 ${account_no}（${room}）${period} 账单 ${bill_no} 金额 ${amount} 已于 ${due} 到期未缴，请尽快缴纳。",
+    ),
 }
 
 SAMPLE_DATA: Mapping[str, str] = {
@@ -329,6 +348,9 @@ SAMPLE_DATA: Mapping[str, str] = {
     "count": "3",
     "energy": "1234.56 kWh",
     "days": "3",
+    "bill_no": "B202611-P-12-01",
+    "due": "2026-12-16",
+    "period": "2026-11-01..2026-11-30",
 }
 """Variables a preview renders with: every name the default templates use has a value here."""
 

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
+from powergate.domain.billing import split_exact
 from powergate.domain.tariff import Band, Tariff
 from powergate.domain.tariff_files import load_tariff
 from powergate.store.bulk import Bulk
@@ -65,23 +66,8 @@ def default_owner() -> str:
 # --- pure helpers ------------------------------------------------------------------------------------------
 
 
-def split_largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
-    """``total`` split in proportion to ``weights``, in integers that add up exactly to ``total``.
-
-    Each share is first rounded down; the units left over go one each to the largest fractional parts (ties to
-    the earlier weight). All weights zero: the total goes to the first (a programmer must not ask that with a
-    non-zero total and no weights).
-    """
-    assert total >= 0 and weights and all(w >= 0 for w in weights), (total, weights)
-    whole = sum(weights)
-    if whole == 0:
-        return [total] + [0] * (len(weights) - 1)
-    shares = [total * w // whole for w in weights]
-    remainders = [total * w % whole for w in weights]
-    left = total - sum(shares)
-    for index in sorted(range(len(weights)), key=lambda i: (-remainders[i], i))[:left]:
-        shares[index] += 1
-    return shares
+split_largest_remainder = split_exact
+"""Kept under its old name: the band split of a day's cost."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -425,6 +425,30 @@ def _freeze_finished(conn: Connection, site_id: int, zone: str, day: dt.date) ->
     )
 
 
+def account_event(
+    conn: Connection,
+    kind: EventKind,
+    key: str,
+    wallet_account_id: int,
+    at: dt.datetime,
+    extra: Mapping[str, str],
+    now: dt.datetime,
+) -> str | None:
+    """Notify an event about one account (its tenant) in the caller's transaction, with the account number, room,
+    time and balance filled in; a problem as text, or None (also when the wallet has no account)."""
+    account = _account_of_wallet(conn, wallet_account_id)
+    if account is None:
+        return None
+    data = {**account.data(conn, at), **extra}
+    return _notify(conn, NotificationEvent(kind, key, account.site_id, at, account.id, data), now)
+
+
+def money_of_wallet(conn: Connection, wallet_account_id: int, micros: int) -> str:
+    """``micros`` formatted in the currency of the wallet's site (CNY for a wallet without an account)."""
+    account = _account_of_wallet(conn, wallet_account_id)
+    return format_money(micros) if account is None else account.money(micros)
+
+
 # --- helpers -----------------------------------------------------------------------------------------------
 
 

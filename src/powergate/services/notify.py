@@ -94,6 +94,8 @@ TENANT_DEFAULT_EVENTS = frozenset(
         EventKind.RECHARGE_RECEIVED,
         EventKind.REFUND,
         EventKind.RUNOUT_FORECAST,
+        EventKind.BILL_ISSUED,
+        EventKind.BILL_OVERDUE,
     }
 )
 ADMIN_DEFAULT_EVENTS = frozenset(
