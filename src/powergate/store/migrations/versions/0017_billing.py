@@ -229,6 +229,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("account_id", name=op.f("pk_postpaid_accounts")),
     )
 
+    op.create_index("ix_charge_postings_account_id", "charge_postings", ["account_id"])
+    op.create_index("ix_apportion_shares_account_id", "apportion_shares", ["account_id"])
+    op.create_index("ix_bills_site_id_state", "bills", ["site_id", "state"])
+
 
 def downgrade() -> None:
     for table in reversed(TABLES):
