@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -18,47 +17,19 @@ import pytest
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-PG_HOST = os.environ.get("POWERGATE_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("POWERGATE_TEST_PG_PORT", "5432"))
-PG_USER = os.environ.get("POWERGATE_TEST_PG_USER", "postgres")
-MQTT_HOST = os.environ.get("POWERGATE_TEST_MQTT_HOST", "127.0.0.1")
-MQTT_PORT = int(os.environ.get("POWERGATE_TEST_MQTT_PORT", "1883"))
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def require_service(name: str, host: str, port: int) -> None:
-    if port_open(host, port):
-        return
-    message = f"{name} is not reachable at {host}:{port}"
-    if IN_CI:
-        pytest.fail(f"{message} and CI=true: this test must run in CI", pytrace=False)
-    pytest.skip(f"SKIPPED LOUDLY: {message}; start it to run this test")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for servers a test starts)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def require_command(command: str, package: str) -> str:
-    """The path of an external command the test drives (mbpoll, mosquitto_pub, ...)."""
-    path = shutil.which(command)
-    if path is not None:
-        return path
-    message = f"{command} is not installed (Debian package {package})"
-    if IN_CI:
-        pytest.fail(f"{message} and CI=true: this test must run in CI", pytrace=False)
-    pytest.skip(f"SKIPPED LOUDLY: {message}; apt-get install -y {package} to run this test")
+from testkit import (  # noqa: F401 - re-exported for older imports
+    IN_CI,
+    MQTT_HOST,
+    MQTT_PORT,
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    free_port,
+    port_open,
+    require_command,
+    require_service,
+    truncate_all,
+)
 
 
 @pytest.fixture(scope="session")
@@ -107,23 +78,12 @@ def migrated_postgres_url(postgres_url: str) -> str:
     return postgres_url
 
 
-def _truncate_all(url: str) -> None:
-    from sqlalchemy import text
-
-    from powergate.store.db import make_engine
-    from powergate.store.schema import metadata
-
-    engine = make_engine(url)
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+_truncate_all = truncate_all
 
 
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> str:
     """A migrated, empty database: a fresh SQLite file, or the session's PostgreSQL database truncated."""
-    import shutil
     from pathlib import Path
 
     if request.param == "sqlite":

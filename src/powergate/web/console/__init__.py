@@ -1,0 +1,1 @@
+"""Operations console routers, mounted under ``/console``: every module here with a ``router`` is included."""

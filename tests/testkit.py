@@ -1,0 +1,79 @@
+"""Helpers every test may import (``from testkit import free_port``): service checks, ports, database names.
+
+They live here, not in ``conftest.py``: with several ``conftest.py`` files in the tree (tests/web, tests/browser),
+``from conftest import ...`` would find whichever was imported last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+PG_HOST = os.environ.get("POWERGATE_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("POWERGATE_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("POWERGATE_TEST_PG_USER", "postgres")
+MQTT_HOST = os.environ.get("POWERGATE_TEST_MQTT_HOST", "127.0.0.1")
+MQTT_PORT = int(os.environ.get("POWERGATE_TEST_MQTT_PORT", "1883"))
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    if port_open(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} and CI=true: this test must run in CI", pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {message}; start it to run this test")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for servers a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def require_command(command: str, package: str) -> str:
+    """The path of an external command the test drives (mbpoll, mosquitto_pub, ...)."""
+    path = shutil.which(command)
+    if path is not None:
+        return path
+    message = f"{command} is not installed (Debian package {package})"
+    if IN_CI:
+        pytest.fail(f"{message} and CI=true: this test must run in CI", pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {message}; apt-get install -y {package} to run this test")
+
+
+def truncate_all(url: str) -> None:
+    """Empty every table of the schema (PostgreSQL) and restart its sequences.
+
+    ``DELETE`` children before parents, in one transaction, rather than ``TRUNCATE``: a test's tables hold a few
+    rows, and TRUNCATE's new files per table cost ~15x more (0.8 s against 0.05 s for 64 tables) on every test.
+    """
+    import psycopg
+
+    from powergate.store.schema import metadata
+
+    deletes = "; ".join(f'DELETE FROM "{table.name}"' for table in reversed(metadata.sorted_tables))
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
+        sequences = [
+            str(name)
+            for (name,) in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind = 'S' AND n.nspname = current_schema()"
+            )
+        ]
+        conn.execute(deletes)
+        for sequence in sequences:
+            conn.execute(f'ALTER SEQUENCE "{sequence}" RESTART')
