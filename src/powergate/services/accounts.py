@@ -537,6 +537,37 @@ def move_meter(
     return new_id
 
 
+def set_account_tariff(
+    conn: Connection, account_id: int, tariff_id: str, *, actor: str, reason: str, now: dt.datetime
+) -> list[str] | Rejected:
+    """Put every meter attached to the account on ``tariff_id``; returns the meter ids changed (audited).
+
+    Readings stored from now on are rated with the new tariff (the ingest caches parsed tariffs per process).
+    """
+    from powergate.store.tables import tariffs
+
+    account = account_view(conn, account_id)
+    if account is None:
+        return Rejected("account", f"no account {account_id}")
+    if account.state is AccountState.CLOSED:
+        return Rejected("account", f"account {account.account_no} is closed")
+    if conn.execute(select(tariffs.c.id).where(tariffs.c.id == tariff_id)).first() is None:
+        return Rejected("tariff_id", f"no tariff {tariff_id!r}")
+    attached = conn.execute(
+        select(meters.c.id, meters.c.tariff_id)
+        .join(meter_assignments, meter_assignments.c.meter_id == meters.c.id)
+        .where(meter_assignments.c.account_id == account_id, meter_assignments.c.valid_to.is_(None))
+        .order_by(meters.c.id)
+    ).all()
+    if not attached:
+        return Rejected("account", f"account {account.account_no} has no meter attached")
+    before = {str(meter_id): str(old) for meter_id, old in attached}
+    conn.execute(update(meters).where(meters.c.id.in_(list(before))).values(tariff_id=tariff_id))
+    detail = {"tariff_id": tariff_id, "before": before}
+    record_audit(conn, actor, "set_tariff", _subject(account_id), reason, detail, now)
+    return sorted(before)
+
+
 @dataclass(frozen=True, slots=True)
 class Assignment:
     id: int
@@ -786,6 +817,7 @@ __all__ = [
     "move_meter",
     "open_account",
     "policy_for_wallet",
+    "set_account_tariff",
     "set_site_payment_policy",
     "site_payment_policy",
     "stage_account",
