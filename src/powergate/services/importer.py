@@ -217,11 +217,32 @@ def _add_validations(sheet: Any) -> None:
 # --- import ----------------------------------------------------------------------------------------------
 
 
-def import_sheet(engine: Engine, path: str | Path, actor: str, now: dt.datetime | None = None) -> ImportReport:
-    """Check every row of the sheet at ``path``, then import all of it in one transaction, or nothing."""
+def import_sheet(
+    engine: Engine,
+    path: str | Path,
+    actor: str,
+    now: dt.datetime | None = None,
+    *,
+    organisation: str | None = None,
+    dry_run: bool = False,
+    reason: str = "bulk import",
+) -> ImportReport:
+    """Check every row of the sheet at ``path``, then import all of it in one transaction, or nothing.
+
+    ``organisation``: every row must name this organisation code (the console imports into the operator's own).
+    ``dry_run``: check and write as usual but roll back: a clean preview has no problems, ``imported`` False and
+    ``created`` counting what the import would create. ``reason`` goes to the audit record.
+    """
     now = now or dt.datetime.now(dt.UTC)
     report = ImportReport()
     parsed, positions = _read_sheet(Path(path), report)
+    if organisation is not None:
+        label = _column_label(positions, "organisation")
+        report.problems.extend(
+            RowProblem(row.row, label, f"{row.organisation!r} is not your organisation {organisation!r}")
+            for row in parsed
+            if row.organisation != organisation
+        )
     if not parsed:
         return report
     with engine.connect() as conn:
@@ -234,8 +255,10 @@ def import_sheet(engine: Engine, path: str | Path, actor: str, now: dt.datetime 
                 if report.problems:
                     raise _Rollback
                 report.created = _write(conn, parsed, known, now)
+                if dry_run:
+                    raise _Rollback
                 detail = {"file": Path(path).name, "sha256": _digest(Path(path)), "rows": report.rows}
-                record_audit(conn, actor, "import_sheet", f"import:{Path(path).name}", "bulk import", detail, now)
+                record_audit(conn, actor, "import_sheet", f"import:{Path(path).name}", reason, detail, now)
         except _Rollback:
             return report
         except IntegrityError as error:
