@@ -22,7 +22,7 @@ from powergate.protocols.dlt645.datatypes import (
     ValueFormat,
 )
 from powergate.protocols.dlt645.messages import describe_value
-from powergate.protocols.dlt645.registry import format_di, lookup, parse_di, registry_markdown
+from powergate.protocols.dlt645.registry import BcdFields, Bits8, format_di, lookup, parse_di, registry_markdown
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocols" / "dlt645.md"
 
@@ -174,6 +174,12 @@ def values_for(fmt: ValueFormat) -> st.SearchStrategy[Value]:
         return st.integers(0, 0xFFFF).map(RunningStatus3)
     if isinstance(fmt, Repeated):
         return st.lists(values_for(fmt.element), min_size=fmt.min_count, max_size=fmt.max_count).map(tuple)
+    if isinstance(fmt, BcdFields):  # TOU entries (prepaid-b): each two-digit field within its range
+        return st.fixed_dictionaries(
+            {n: st.integers(lo, hi) for n, (lo, hi) in zip(fmt.names, fmt.ranges, strict=True)}
+        )
+    if isinstance(fmt, Bits8):
+        return st.integers(0, 0xFF)
     assert isinstance(fmt, Record)
     return st.fixed_dictionaries({name: values_for(field) for name, field in fmt.fields})
 

@@ -65,6 +65,7 @@ from powergate.protocols.dlt645 import (
     relay_command,
     write_request,
 )
+from powergate.protocols.dlt645.messages import tou_writes
 
 DI_ENERGY_BLOCK = 0x0001FF00
 DI_VOLTAGE_BLOCK = 0x0201FF00
@@ -300,6 +301,8 @@ class Dlt645Link:
             return await self._set_alarms(endpoint, command)
         if kind is CommandKind.SET_PRICES:
             return await self._set_prices(endpoint, command)
+        if kind is CommandKind.SET_TOU:
+            return await self._set_tou(endpoint, command)
         if kind is CommandKind.TIME_SYNC:
             at = self._to_local(command.at or self.clock())
             failed = await self.server.broadcast(endpoint.link_id, broadcast_time_request(at))
@@ -370,6 +373,21 @@ class Dlt645Link:
             if isinstance(written, LinkError):
                 return written
         return CommandResult(ok=True)
+
+    async def _set_tou(self, endpoint: MeterEndpoint, command: MeterCommand) -> CommandResult | LinkError:
+        """Write the TOU tables DI by DI (``tou_writes``): the first write the meter refuses stops the push
+        with its reason; a repeat of the whole push writes the same values again, so it is harmless."""
+        if command.tou is None:
+            return LinkError(FailureKind.REJECTED, "tou: a TOU push needs the tables")
+        try:
+            writes = tou_writes(command.tou)
+        except ValueError as error:
+            return LinkError(FailureKind.REJECTED, str(error))
+        for di, value in writes:
+            written = await self._write(endpoint, di, value)
+            if isinstance(written, LinkError):
+                return written
+        return CommandResult(ok=True, reason=f"{len(writes)} TOU writes")
 
 
 def error_flags_of(reason: str) -> ErrorFlags | None:

@@ -352,6 +352,10 @@ class MemoryLink:
             if command.prices_micros is None or len(command.prices_micros) != 4:
                 return LinkError(FailureKind.REJECTED, "prices_micros: four prices (sharp, peak, flat, valley)")
             return _refused_or_ok(meter.update_settings(now_s, prices_micros=tuple(command.prices_micros)))
+        if kind is CommandKind.SET_TOU:
+            if command.tou is None:
+                return LinkError(FailureKind.REJECTED, "tou: a TOU push needs the tables")
+            return _refused_or_ok(meter.update_settings(now_s, tou_year=command.tou))
         assert kind is CommandKind.TIME_SYNC, kind
         meter.set_clock(int((command.at or now).timestamp()), now_s)
         return CommandResult(ok=True)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from powergate.domain.tou_table import MeterTou
+
 
 class Transport(StrEnum):
     DLT645 = "dlt645"
@@ -113,6 +115,8 @@ class CommandKind(StrEnum):
     SET_ALARMS = "set_alarms"
     SET_POWER_LIMIT = "set_power_limit"
     SET_PRICES = "set_prices"
+    SET_TOU = "set_tou"
+    """Load the TOU tables (time zones, day tables, rest days, special days)."""
     TIME_SYNC = "time_sync"
 
 
@@ -131,6 +135,8 @@ class MeterCommand:
     prices_micros: tuple[int, ...] | None = None
     at: dt.datetime | None = None
     """TIME_SYNC: the time to set."""
+    tou: MeterTou | None = None
+    """SET_TOU: the tables to load."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ order in the sandbox's memory, ``pay`` marks it paid there and returns a notific
 signed with HMAC-SHA256 under the configured secret, which ``verify_notification`` checks exactly as a real
 adapter checks its provider's signature (including the +/-5 minute freshness window). ``query_order``
 answers from the sandbox's memory, so a notification that is never delivered is still found by
-reconciliation. No real money moves anywhere.
+reconciliation. ``withhold`` charges an order under a payment agreement (the withholding contract a payer signs
+for auto-recharge) and pays it at once. No real money moves anywhere.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Sandbox:
         assert len(secret) >= 16, "the sandbox secret must be at least 16 bytes"
         self._secret = secret
         self._trades: dict[str, _Trade] = {}
+        self._revoked: set[str] = set()
         self._lock = threading.Lock()
 
     @property
@@ -89,6 +91,31 @@ class Sandbox:
             }
         raw = json.dumps(body, sort_keys=True).encode()
         return self.signed_headers(raw, now), raw
+
+    # -- payment agreements (委托代扣 / 周期扣款): the payer allowed the merchant to charge without asking --------
+
+    def withhold(self, request: OrderRequest, agreement_id: str, now: dt.datetime) -> OrderOpened | ProviderFailure:
+        """Charge ``request`` under a payment agreement: the sandbox pays it at once (idempotent per order
+        number, as providers de-duplicate by it). A revoked agreement is refused for good."""
+        if not agreement_id or len(agreement_id) > 64:
+            return ProviderFailure("agreement_id must be 1..64 characters", retryable=False)
+        with self._lock:
+            if agreement_id in self._revoked:
+                return ProviderFailure(f"agreement {agreement_id} was revoked by the payer", retryable=False)
+            if len(self._trades) >= MAX_ORDERS and request.order_no not in self._trades:
+                return ProviderFailure(f"the sandbox holds at most {MAX_ORDERS} orders")
+            trade = self._trades.setdefault(request.order_no, _Trade(request.amount_fen))
+            if trade.closed:
+                return ProviderFailure(f"sandbox order {request.order_no} is closed", retryable=False)
+            if trade.txn_id is None:
+                trade.txn_id, trade.paid_at = f"SBX{secrets.token_hex(12)}", now
+        return OrderOpened(request.order_no, {"agreement_id": agreement_id})
+
+    def revoke_agreement(self, agreement_id: str) -> None:
+        """The payer cancels the agreement at the provider (the sandbox's stand-in for that)."""
+        with self._lock:
+            if len(self._revoked) < MAX_ORDERS:
+                self._revoked.add(agreement_id)
 
     def signed_headers(self, body: bytes, now: dt.datetime) -> dict[str, str]:
         timestamp = str(int(now.timestamp()))

@@ -650,6 +650,7 @@ def _start_refund(conn: Connection, request: RefundRequest, now: dt.datetime) ->
         )
     )
     post(conn, _refund_entry(request, channel, now), now)
+    prepaid.evaluate(conn, [wallet_id], now)  # a refund to the trip line trips, in this same transaction
     record_audit(
         conn,
         request.operator,
@@ -750,6 +751,9 @@ def _fail_refund(conn: Connection, request: RefundRequest, channel: str, reason:
         return
     original = _refund_entry(request, channel, now)
     post(conn, reversal_of(original, f"refund-failed:{request.refund_no}", now, reason[:200]), now)
+    wallet_id = _wallet_id(conn, request.wallet)
+    if wallet_id is not None:  # the credit is back: the policy re-decides (a tripped wallet may close)
+        prepaid.evaluate(conn, [wallet_id], now)
     if request.order_no:
         _add_refunded(conn, request.order_no, -request.amount_fen)
     record_audit(

@@ -20,8 +20,14 @@ Invariants:
   themselves.
 - Warnings stay in the outbox (kind ``warning``) for the notifications issue: nothing processes them yet.
 
+- A wallet's warning levels are its own if set, else its tariff plan's (``set_plan_warning_levels``), else 50 /
+  20 / 10 yuan; its friendly window is judged by its site's calendar (``services.site_calendar``: statutory
+  days plus admin overrides, re-read when the site's revision changes).
+- A recharge that lifts a balance to its auto-recharge threshold re-arms the binding (``services.autorecharge``).
+
 Every remote operation is validated, audited (who, when, why) with ``record_audit`` in the same transaction as
-its command, and returns the queued command (whose state ``command_state`` looks up) or a ``Problem``.
+its command, and returns the queued command (whose state ``command_state`` looks up) or a ``Problem``. The TOU
+push (``push_tou``) builds every meter's tables from its tariff and site calendar before queueing any.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, delete, exists, insert, select, update
 
 from powergate.domain.balance_policy import (
     DEFAULT_WARNING_LEVELS_MICROS,
@@ -47,12 +53,19 @@ from powergate.domain.balance_policy import (
     decide,
 )
 from powergate.domain.calendar import SiteCalendar
+from powergate.domain.tariff_files import DataFileError, load_tariff
+from powergate.domain.tou_table import MAX_HORIZON_DAYS, MeterTou, MeterTouLimits, build_meter_tou
 from powergate.headend import commands as queue
 from powergate.headend.commands import Enqueued, Problem, QueuedCommand
 from powergate.headend.model import CommandKind, MeterCommand
 from powergate.services import notify
+from powergate.services.site_calendar import NO_SITE, SiteCalendars, sites_of_meters
+from powergate.store import metering
 from powergate.store.audit import record_audit
-from powergate.store.tables import ledger_accounts, meters
+from powergate.store.tables import ledger_accounts, meters, tariffs
+from powergate.store.tables_autorecharge import autorecharge_bindings, autorecharge_runs
+from powergate.store.tables_calendar import tariff_warning_levels
+from powergate.store.tables_commands import meter_commands
 from powergate.store.tables_prepaid import BILLING_MODES, outbox, wallet_policies, wallet_states
 
 SYSTEM_ACTOR = "system:prepaid"
@@ -62,6 +75,9 @@ MAX_RELAY_BATCH = 1_000
 DEFAULT_RELAY_BATCH = 500
 MAX_METERS_PER_WALLET = 100
 RELAY_VALID_FOR = dt.timedelta(hours=1)
+RESEND_HORIZON = dt.timedelta(days=31)
+"""How far back ``resend_lapsed`` looks for expired relay commands (it runs every few seconds; a meter's
+re-sent command that expires in turn is a new, recent one)."""
 """How long a trip or close decided by the policy stays worth sending; a later decision supersedes it anyway."""
 OPERATION_VALID_FOR = dt.timedelta(hours=24)
 DEFAULT_TZ = "Asia/Shanghai"
@@ -77,7 +93,9 @@ PROCESSED_KINDS = ("trip", "close", "warning")
 class WalletPolicy:
     """A wallet's stored policy (``wallet_policies``); a wallet without a row has these defaults."""
 
-    warning_levels_micros: tuple[int, ...] = DEFAULT_WARNING_LEVELS_MICROS
+    warning_levels_micros: tuple[int, ...] | None = None
+    """The wallet's own levels; ``None``: its tariff plan's levels (``set_plan_warning_levels``), else the
+    defaults 50 / 20 / 10 yuan."""
     reconnect_micros: int = 0
     power_protect: bool = False
     temporary_until: dt.datetime | None = None
@@ -101,10 +119,19 @@ def parse_window(text: str) -> FriendlyWindow | Problem | None:
     return FriendlyWindow(start.hour * 60 + start.minute, end.hour * 60 + end.minute, extra == "nonworkdays")
 
 
+def check_levels(levels: Sequence[int], field: str = "warning_levels_micros") -> Problem | None:
+    """Any number of distinct levels >= 0 up to ``MAX_WARNING_LEVELS`` (integer micros)."""
+    if any(not isinstance(level, int) or isinstance(level, bool) for level in levels):
+        return Problem(field, f"{list(levels)}: levels are integer micros")
+    if len(levels) > MAX_WARNING_LEVELS or len(set(levels)) != len(levels) or min(levels, default=0) < 0:
+        return Problem(field, f"{list(levels)}: at most {MAX_WARNING_LEVELS} distinct levels >= 0")
+    return None
+
+
 def check_policy(policy: WalletPolicy) -> Problem | None:
     levels = policy.warning_levels_micros
-    if len(levels) > MAX_WARNING_LEVELS or len(set(levels)) != len(levels) or min(levels, default=0) < 0:
-        return Problem("warning_levels_micros", f"{list(levels)}: at most {MAX_WARNING_LEVELS} distinct levels >= 0")
+    if levels is not None and (problem := check_levels(levels)) is not None:
+        return problem
     if policy.reconnect_micros < 0:
         return Problem("reconnect_micros", f"must be >= 0, got {policy.reconnect_micros}")
     if policy.temporary_until is not None and policy.temporary_until.tzinfo is None:
@@ -120,8 +147,9 @@ def set_policy(conn: Connection, wallet_account_id: int, policy: WalletPolicy, n
     problem = check_policy(policy)
     if problem is not None:
         return problem
+    levels = policy.warning_levels_micros
     values = {
-        "warning_levels": json.dumps(sorted(policy.warning_levels_micros, reverse=True)),
+        "warning_levels": None if levels is None else json.dumps(sorted(levels, reverse=True)),
         "reconnect_micros": policy.reconnect_micros,
         "power_protect": policy.power_protect,
         "temporary_until": policy.temporary_until,
@@ -144,9 +172,9 @@ def _policies(conn: Connection, ids: Sequence[int]) -> dict[int, WalletPolicy]:
     found: dict[int, WalletPolicy] = {}
     for chunk in _chunks(ids):
         for row in conn.execute(select(wallet_policies).where(wallet_policies.c.wallet_account_id.in_(chunk))):
-            levels = DEFAULT_WARNING_LEVELS_MICROS if row.warning_levels is None else json.loads(row.warning_levels)
+            levels = None if row.warning_levels is None else tuple(int(lv) for lv in json.loads(row.warning_levels))
             found[int(row.wallet_account_id)] = WalletPolicy(
-                tuple(int(level) for level in levels),
+                levels,
                 int(row.reconnect_micros),
                 bool(row.power_protect),
                 row.temporary_until,
@@ -156,11 +184,11 @@ def _policies(conn: Connection, ids: Sequence[int]) -> dict[int, WalletPolicy]:
     return found
 
 
-def _domain_policy(stored: WalletPolicy, overdraft_limit_micros: int) -> Policy:
+def _domain_policy(stored: WalletPolicy, overdraft_limit_micros: int, plan_levels: tuple[int, ...] | None) -> Policy:
     window = parse_window(stored.friendly_window)
     assert not isinstance(window, Problem), window  # checked when stored
     return Policy(
-        stored.warning_levels_micros,
+        resolve_levels(stored.warning_levels_micros, plan_levels),
         stored.reconnect_micros,
         overdraft_limit_micros,
         stored.power_protect,
@@ -191,7 +219,22 @@ def after_recharge(conn: Connection, wallet: str, now: dt.datetime) -> int:
     """The payment hook: called in ``settle``'s transaction, so a close is queued with the payment itself."""
     account_id = conn.execute(select(ledger_accounts.c.id).where(ledger_accounts.c.code == wallet)).scalar()
     assert account_id is not None, f"credited wallet {wallet} has no account"
+    _rearm_autorecharge(conn, int(account_id), now)
     return evaluate(conn, [int(account_id)], now)
+
+
+def _rearm_autorecharge(conn: Connection, wallet_id: int, now: dt.datetime) -> None:
+    """A recharge that lifts the balance to the auto-recharge threshold ends the crossing (``services.autorecharge``):
+    the next fall below it is a new one, even if no periodic run saw the balance in between. A run still placed
+    keeps the binding disarmed (its own credit must not re-arm it before it is recorded)."""
+    b = autorecharge_bindings.c
+    balance_now = select(ledger_accounts.c.balance_micros).where(ledger_accounts.c.id == wallet_id).scalar_subquery()
+    placed = exists().where(autorecharge_runs.c.wallet_account_id == wallet_id, autorecharge_runs.c.state == "placed")
+    conn.execute(
+        update(autorecharge_bindings)
+        .where(b.wallet_account_id == wallet_id, b.active, ~b.armed, b.threshold_micros <= balance_now, ~placed)
+        .values(armed=True, updated_at=now)
+    )
 
 
 def evaluate(conn: Connection, wallet_ids: Sequence[int], now: dt.datetime) -> int:
@@ -202,16 +245,18 @@ def evaluate(conn: Connection, wallet_ids: Sequence[int], now: dt.datetime) -> i
     policies = _policies(conn, wallet_ids)
     states = _states(conn, wallet_ids)
     zones = _zones(conn, wallet_ids)
+    plans = _plan_levels_of_wallets(conn, wallet_ids)
+    calendars = CALENDARS.for_wallets(conn, wallet_ids)
     written = 0
     for wallet_id in wallet_ids:
         stored_policy = policies.get(wallet_id, WalletPolicy())
         if wallet_id not in balances or stored_policy.billing_mode != "platform":
             continue
         balance_micros, overdraft_micros = balances[wallet_id]
-        policy = _domain_policy(stored_policy, overdraft_micros)
+        policy = _domain_policy(stored_policy, overdraft_micros, plans.get(wallet_id))
         stored = states.get(wallet_id, _Stored(PolicyState(), 0, False))
         tz = _zone(zones.get(wallet_id, DEFAULT_TZ))
-        decision = decide(policy, stored.state, balance_micros, now, tz, _calendar().day_type)
+        decision = decide(policy, stored.state, balance_micros, now, tz, calendars[wallet_id].day_type)
         if decision.state == stored.state and stored.exists:
             continue
         generation = stored.generation + (1 if decision.changed else 0)
@@ -300,10 +345,100 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-@lru_cache(maxsize=1)
-def _calendar() -> SiteCalendar:
-    # Site calendar overrides (tables_structure.sites) are not applied yet: the statutory calendar is used.
-    return SiteCalendar.china()
+CALENDARS = SiteCalendars()
+"""Each site's calendar (statutory + admin overrides), re-read when the site's revision changes."""
+
+
+# -- warning levels: the wallet's own, else its tariff plan's, else the defaults --------------------------------
+
+
+def resolve_levels(own: tuple[int, ...] | None, plan: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The levels a wallet is warned at: its own if set, else its plan's, else 50 / 20 / 10 yuan."""
+    if own is not None:
+        return own
+    return plan if plan is not None else DEFAULT_WARNING_LEVELS_MICROS
+
+
+def _plan_levels_of_wallets(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, ...]]:
+    """wallet id -> the warning levels of its tariff plan (the plan of its first meter), where the plan has any."""
+    found: dict[int, tuple[int, ...]] = {}
+    for chunk in _chunks(ids):
+        query = (
+            select(meters.c.wallet_account_id, tariff_warning_levels.c.levels)
+            .join(tariff_warning_levels, tariff_warning_levels.c.tariff_id == meters.c.tariff_id)
+            .where(meters.c.wallet_account_id.in_(chunk))
+            .order_by(meters.c.wallet_account_id, meters.c.id)
+        )
+        for wallet_id, levels in conn.execute(query):
+            found.setdefault(int(wallet_id), tuple(int(level) for level in json.loads(levels)))
+    return found
+
+
+def plan_warning_levels(conn: Connection, tariff_id: str) -> tuple[int, ...] | None:
+    """A tariff plan's warning levels, highest first; ``None`` when the plan sets none."""
+    table = tariff_warning_levels
+    levels = conn.execute(select(table.c.levels).where(table.c.tariff_id == tariff_id)).scalar()
+    return None if levels is None else tuple(int(level) for level in json.loads(levels))
+
+
+def set_plan_warning_levels(
+    conn: Connection, tariff_id: str, levels: Sequence[int] | None, who: Operator, now: dt.datetime
+) -> Problem | None:
+    """Set (``None``: remove) a tariff plan's warning levels; audited in the caller's transaction.
+
+    Every wallet on the plan whose own policy sets no levels is warned at these from its next balance change;
+    a level that fired stays fired until a recharge lifts the balance above it, as always.
+    """
+    problem = _check_operator(who) or (None if levels is None else check_levels(list(levels), "levels"))
+    if problem is not None:
+        return problem
+    if conn.execute(select(tariffs.c.id).where(tariffs.c.id == tariff_id)).scalar() is None:
+        return Problem("tariff_id", f"no tariff plan {tariff_id!r}")
+    before = plan_warning_levels(conn, tariff_id)
+    table = tariff_warning_levels
+    conn.execute(delete(table).where(table.c.tariff_id == tariff_id))
+    after = None if levels is None else sorted(levels, reverse=True)
+    if after is not None:
+        values = {"levels": json.dumps(after), "updated_by": who.actor, "updated_at": now}
+        conn.execute(insert(table).values(tariff_id=tariff_id, **values))
+    detail = {"before": None if before is None else list(before), "after": after}
+    record_audit(conn, who.actor, "set_warning_levels", f"tariff:{tariff_id}", who.reason, detail, now)
+    return None
+
+
+def set_warning_levels(
+    conn: Connection, wallet_account_id: int, levels: Sequence[int] | None, who: Operator, now: dt.datetime
+) -> Problem | None:
+    """Set a wallet's own warning levels (``None``: inherit its plan's); audited in the caller's transaction."""
+    problem = _check_operator(who) or (None if levels is None else check_levels(list(levels)))
+    if problem is not None:
+        return problem
+    code = conn.execute(select(ledger_accounts.c.code).where(ledger_accounts.c.id == wallet_account_id)).scalar()
+    if code is None:
+        return Problem("wallet_account_id", f"no wallet account {wallet_account_id}")
+    stored = get_policy(conn, wallet_account_id)
+    changed = replace(stored, warning_levels_micros=None if levels is None else tuple(levels))
+    problem = set_policy(conn, wallet_account_id, changed, now)
+    if problem is not None:
+        return problem
+    before = stored.warning_levels_micros
+    detail = {
+        "before": None if before is None else sorted(before, reverse=True),
+        "after": None if levels is None else sorted(levels, reverse=True),
+    }
+    record_audit(conn, who.actor, "set_warning_levels", str(code), who.reason, detail, now)
+    return None
+
+
+def effective_warning_levels(conn: Connection, wallet_account_id: int) -> tuple[tuple[int, ...], str]:
+    """(the levels a wallet is warned at, highest first; where they come from: ``wallet``, ``plan``, ``default``)."""
+    own = get_policy(conn, wallet_account_id).warning_levels_micros
+    if own is not None:
+        return tuple(sorted(own, reverse=True)), "wallet"
+    plan = _plan_levels_of_wallets(conn, [wallet_account_id]).get(wallet_account_id)
+    if plan is not None:
+        return plan, "plan"
+    return DEFAULT_WARNING_LEVELS_MICROS, "default"
 
 
 def wallet_state(conn: Connection, wallet_account_id: int) -> PolicyState | None:
@@ -410,7 +545,66 @@ def due_trips(engine: Engine, now: dt.datetime, limit: int = 1_000) -> int:
             .limit(limit)
         )
         ids = [int(i) for i in conn.execute(query).scalars()]
-        return evaluate(conn, ids, now)
+        written = evaluate(conn, ids, now)
+        resend_lapsed(conn, now, limit)
+        return written
+
+
+def resend_lapsed(conn: Connection, now: dt.datetime, limit: int = 1_000) -> int:
+    """Send again the wallet's intent to meters whose latest trip / close expired before it reached them.
+
+    A meter away longer than ``RELAY_VALID_FOR`` lets its relay command expire, and no new decision follows
+    (the policy already decided): without this, a paid-up tenant stays in the dark, or a short one is supplied
+    for free, until the balance crosses a line again. Only a meter's latest relay command counts, only when it
+    carried the wallet's current intent (which stays "off" between the trip line and the reconnect threshold);
+    a trip is sent again only when a short wallet would trip now (never inside a friendly window, during
+    temporary supply or for a protected wallet). One new command per expired
+    one (id ``resend:<seq>:<meter>``), so a meter still away gets one command an hour. Returns commands queued.
+    """
+    c = meter_commands.c
+    newer = meter_commands.alias("newer")
+    relay_kinds = ("trip", "close", "close_allowed")
+    latest = ~exists(
+        select(newer.c.seq).where(newer.c.meter_id == c.meter_id, newer.c.seq > c.seq, newer.c.kind.in_(relay_kinds))
+    )
+    query = (
+        select(c.seq, c.meter_id, c.kind, meters.c.wallet_account_id)
+        .join(meters, meters.c.id == c.meter_id)
+        .where(
+            c.kind.in_(RELAY_KINDS),
+            c.state == queue.CommandState.EXPIRED.value,
+            c.next_attempt_at >= now - RESEND_HORIZON,  # on the (state, next_attempt_at) index: recent ones
+            latest,
+        )
+        .order_by(c.seq)
+        .limit(limit)
+    )
+    lapsed = conn.execute(query).all()
+    wallet_ids = sorted({int(row.wallet_account_id) for row in lapsed})
+    states, policies, balances = _states(conn, wallet_ids), _policies(conn, wallet_ids), _balances(conn, wallet_ids)
+    zones, plans = _zones(conn, wallet_ids), _plan_levels_of_wallets(conn, wallet_ids)
+    calendars = CALENDARS.for_wallets(conn, wallet_ids) if wallet_ids else {}
+    queued = 0
+    for seq, meter_id, kind, wallet_id in lapsed:
+        stored, stored_policy = states.get(wallet_id), policies.get(wallet_id, WalletPolicy())
+        if stored is None or stored_policy.billing_mode != "platform" or wallet_id not in balances:
+            continue
+        if kind != ("close" if stored.state.supply_on else "trip"):
+            continue  # not the wallet's intent (an operator's command, or a decision since)
+        if kind == "trip":
+            # the intent stays "off" between the trip line and the reconnect threshold; what may hold the trip
+            # back now is a friendly window, temporary supply or power-protect: would a short wallet trip now?
+            overdraft_micros = balances[wallet_id][1]
+            policy = _domain_policy(stored_policy, overdraft_micros, plans.get(wallet_id))
+            tz = _zone(zones.get(wallet_id, DEFAULT_TZ))
+            fresh = decide(policy, PolicyState(), -overdraft_micros, now, tz, calendars[wallet_id].day_type)
+            if not fresh.trip:
+                continue
+        command = MeterCommand(f"resend:{seq}:{meter_id}", CommandKind(kind), now + RELAY_VALID_FOR)
+        reason = f"balance policy: {kind} again, command {seq} expired before it reached the meter"
+        done = queue.enqueue(conn, str(meter_id), command, requested_by=SYSTEM_ACTOR, reason=reason, now=now)
+        queued += 1 if isinstance(done, Enqueued) and done.created else 0
+    return queued
 
 
 def outbox_rows(conn: Connection, kind: str | None = None, limit: int = 1_000) -> list[dict[str, Any]]:
@@ -475,9 +669,102 @@ def set_power_limit(
 def push_prices(
     engine: Engine, meter_id: str, prices_micros: tuple[int, int, int, int], who: Operator, now: dt.datetime
 ) -> Enqueued | Problem:
-    """Push the four band prices (sharp, peak, flat, valley) to a meter. The TOU table push is not done yet."""
+    """Push the four band prices (sharp, peak, flat, valley) to a meter (the band times: ``push_tou``)."""
     command = MeterCommand(_id(None), CommandKind.SET_PRICES, now + OPERATION_VALID_FOR, prices_micros=prices_micros)
     return _operate(engine, meter_id, command, who, now)
+
+
+TOU_HORIZON_DAYS = 366
+"""How far ahead a TOU push lays down special days (holidays, make-up workdays, admin overrides): push again
+within a year, and after any change of the site calendar or of the tariff's TOU schedule."""
+
+
+def push_tou(
+    engine: Engine,
+    wallet_or_meter: str,
+    who: Operator,
+    now: dt.datetime,
+    *,
+    horizon_days: int = TOU_HORIZON_DAYS,
+    limits: MeterTouLimits | None = None,
+) -> list[Enqueued] | Problem:
+    """Push the TOU tables of the tariff in effect now to a meter (a meter id) or to every meter of a wallet
+    (a wallet code): time zones, day tables, rest days and the site calendar's special days for
+    ``horizon_days`` from today (site-local). Every meter's tables are built and checked against the meter
+    model's ``limits`` before anything is queued; one problem queues nothing. Audited per meter."""
+    problem = _check_operator(who)
+    if problem is not None:
+        return problem
+    if not 1 <= horizon_days <= MAX_HORIZON_DAYS:
+        return Problem("horizon_days", f"must be 1..{MAX_HORIZON_DAYS}, got {horizon_days}")
+    with engine.begin() as conn:
+        targets = _tou_targets(conn, wallet_or_meter)
+        if isinstance(targets, Problem):
+            return targets
+        site_of = sites_of_meters(conn, [meter_id for meter_id, _, _ in targets])
+        calendars = CALENDARS.for_sites(conn, site_of.values())
+        built: list[tuple[str, MeterCommand]] = []
+        for meter_id, tariff_id, timezone in targets:
+            calendar = calendars[site_of.get(meter_id, NO_SITE)]
+            tables = _meter_tables(conn, tariff_id, _zone(timezone), calendar, now, horizon_days, limits)
+            if isinstance(tables, Problem):
+                return Problem(tables.field, f"meter {meter_id}: {tables.message}")
+            command = MeterCommand(_id(None), CommandKind.SET_TOU, now + OPERATION_VALID_FOR, tou=tables)
+            built.append((meter_id, command))
+        done: list[Enqueued] = []
+        for meter_id, command in built:
+            queued = queue.enqueue(conn, meter_id, command, requested_by=who.actor, reason=who.reason, now=now)
+            if isinstance(queued, Problem):
+                conn.rollback()
+                return queued
+            detail = {
+                "command": command.command_id,
+                "day_tables": len(command.tou.day_tables) if command.tou else 0,
+                "special_days": len(command.tou.special_days) if command.tou else 0,
+                "horizon_days": horizon_days,
+            }
+            record_audit(conn, who.actor, CommandKind.SET_TOU.value, f"meter:{meter_id}", who.reason, detail, now)
+            done.append(queued)
+    return done
+
+
+def _tou_targets(conn: Connection, wallet_or_meter: str) -> list[tuple[str, str, str]] | Problem:
+    """(meter id, tariff id, time zone) of the meter, or of each meter of the wallet."""
+    columns = select(meters.c.id, meters.c.tariff_id, meters.c.timezone)
+    found = conn.execute(columns.where(meters.c.id == wallet_or_meter)).all()
+    if not found:
+        wallet_id = conn.execute(select(ledger_accounts.c.id).where(ledger_accounts.c.code == wallet_or_meter)).scalar()
+        if wallet_id is None:
+            return Problem("wallet_or_meter", f"no meter and no wallet {wallet_or_meter!r}")
+        query = columns.where(meters.c.wallet_account_id == wallet_id).order_by(meters.c.id)
+        found = conn.execute(query.limit(MAX_METERS_PER_WALLET)).all()
+        if not found:
+            return Problem("wallet_or_meter", f"wallet {wallet_or_meter!r} has no meter")
+    return [(str(m), str(t), str(z)) for m, t, z in found]
+
+
+def _meter_tables(
+    conn: Connection,
+    tariff_id: str,
+    tz: ZoneInfo,
+    calendar: SiteCalendar,
+    now: dt.datetime,
+    horizon_days: int,
+    limits: MeterTouLimits | None,
+) -> MeterTou | Problem:
+    try:
+        tariff = load_tariff(metering.tariff_document(conn, tariff_id), source=f"tariff {tariff_id}")
+    except DataFileError as error:
+        return Problem("tariff", str(error))
+    local = now.astimezone(tz)
+    index = tariff.version_index_at(local.replace(tzinfo=None))
+    version = tariff.versions[index] if index is not None else None
+    if version is None or version.tou is None:
+        return Problem("tariff", f"tariff {tariff_id} has no TOU schedule in effect now: push prices instead")
+    built = build_meter_tou(version.tou, calendar.day_type, local.date(), horizon_days, limits)
+    if isinstance(built, list):
+        return Problem(built[0].path, "; ".join(str(p) for p in built))
+    return built
 
 
 def power_protect(engine: Engine, wallet: str, on: bool, who: Operator, now: dt.datetime) -> list[Enqueued] | Problem:

@@ -14,6 +14,9 @@ What the meter answers:
   close now, alarm, power-protect) with its valid-until time, and a recharge in the meter model's
   ``RechargeLayout`` (a repeated purchase count is acknowledged like the first time and credits nothing, so a
   retried recharge is harmless; the head-end confirms by reading 03330201);
+- 14H writes of the TOU tables (counts 040002xx, rest days 0400080x, time-zone and day tables 0401xxxx /
+  0402xxxx, special days 0403xxxx); once the first set is whole, the meter's bands follow it (a count beyond
+  the model's limits answers the standard's error bit: 10H zones, 20H periods, 40H rates);
 - other functions answer their error reply with "other error" (01H); a meter whose supply has failed does not
   answer at all.
 
@@ -45,7 +48,8 @@ from powergate.protocols.dlt645 import (
     read_reply,
 )
 from powergate.protocols.dlt645.control import VALID_UNTIL
-from powergate.protocols.dlt645.registry import REGISTRY, DataItem
+from powergate.protocols.dlt645.messages import tou_from_values
+from powergate.protocols.dlt645.registry import MAX_TOU_ENTRIES, REGISTRY, DataItem
 from powergate.sim.meter import (
     Band,
     EventKind,
@@ -166,7 +170,7 @@ def value_of(meter: VirtualMeter, di: int, now_s: int) -> Value | None:
     balance = _fen_floor(meter.balance_micros)
     settings = meter.settings
     local = _local_naive(meter, meter.meter_time_s(now_s))
-    band = settings.tou.band_at(local.hour * 60 + local.minute)
+    band = meter.band_at_local_minute((meter.meter_time_s(now_s) + settings.utc_offset_minutes * 60) // 60)
     fixed: dict[int, Value] = {
         0x00900100: 0,
         0x00900101: 0,
@@ -191,6 +195,8 @@ def value_of(meter: VirtualMeter, di: int, now_s: int) -> Value | None:
     }
     if di in fixed:
         return fixed[di]
+    if _is_tou(di):
+        return dict(settings.tou_writes).get(di)  # type: ignore[return-value]
     if di >> 16 == 0x0405 and di >> 8 & 0xFF in (1, 2) and 1 <= di & 0xFF <= 4:
         return settings.prices_micros[(di & 0xFF) - 1]
     return _purchase_value(meter, di)
@@ -244,7 +250,43 @@ def write(meter: VirtualMeter, request: Frame, now_s: int, layout: RechargeLayou
     if item is None or not item.writable:
         return error_reply(meter.address, Function.WRITE, ErrorFlags.NO_DATA_REQUESTED)
     value = item.format.decode(request.data[12:], item.name)
+    if _is_tou(di):
+        return _write_tou(meter, di, value, now_s)
     error = _apply_write(meter, item, value, now_s)
+    if error is not None:
+        return error_reply(meter.address, Function.WRITE, ErrorFlags.OTHER)
+    return ack_reply(meter.address, Function.WRITE)
+
+
+_TOU_COUNT_LIMITS = {
+    0x04000201: (MAX_TOU_ENTRIES, ErrorFlags.TOO_MANY_YEAR_ZONES),
+    0x04000202: (8, ErrorFlags.OTHER),
+    0x04000203: (MAX_TOU_ENTRIES, ErrorFlags.TOO_MANY_DAY_PERIODS),
+    0x04000204: (4, ErrorFlags.TOO_MANY_RATES),
+    0x04000205: (254, ErrorFlags.OTHER),
+}
+"""What this meter model holds; a count beyond it is refused with the standard's own error bit."""
+
+
+def _is_tou(di: int) -> bool:
+    return di >> 8 in (0x040002, 0x040008) or di >> 16 in (0x0401, 0x0402, 0x0403)
+
+
+def _write_tou(meter: VirtualMeter, di: int, value: Value | DecodeError, now_s: int) -> Frame:
+    """Store one TOU value; once the written values make a whole first table set, the meter switches bands by
+    it from this instant (the second set is stored but never switched to: this model has no switch time)."""
+    if isinstance(value, DecodeError):
+        return error_reply(meter.address, Function.WRITE, ErrorFlags.OTHER)
+    limit = _TOU_COUNT_LIMITS.get(di)
+    if limit is not None and isinstance(value, int) and not 0 <= value <= limit[0]:
+        return error_reply(meter.address, Function.WRITE, limit[1])
+    written = dict(meter.settings.tou_writes)
+    written[di] = value
+    year = tou_from_values(written)  # type: ignore[arg-type]
+    changes: dict[str, object] = {"tou_writes": tuple(sorted(written.items()))}
+    if not isinstance(year, DecodeError):
+        changes["tou_year"] = year
+    error = meter.update_settings(now_s, **changes)
     if error is not None:
         return error_reply(meter.address, Function.WRITE, ErrorFlags.OTHER)
     return ack_reply(meter.address, Function.WRITE)

@@ -38,10 +38,12 @@ import dataclasses
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from enum import Enum, IntEnum
 
 from powergate.domain.energy import Commodity
 from powergate.domain.money import MICROS_PER_UNIT
+from powergate.domain.tou_table import MeterTou
 from powergate.sim.profiles import MINUTES_PER_DAY, LoadProfile, mix64
 
 WS_PER_TICK = 36_000
@@ -63,6 +65,7 @@ MAX_DAILY_FREEZES = 62
 """DL/T 645-2007 daily freezes "last 1" .. "last 62" (DIs 050600nn / 050601nn)."""
 
 SECONDS_PER_DAY = 86_400
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _FREEZE_WORDS = 5
 """One daily freeze in the flat array: meter time (UTC seconds), then the four band registers (ticks)."""
 
@@ -237,6 +240,11 @@ class MeterSettings:
     close_allowed_micros: int = 0
     power_limit_w: int = 0
     tou: TouTable = DEFAULT_TOU
+    tou_year: MeterTou | None = None
+    """TOU tables pushed to the meter (time zones, day tables, rest and special days); when set, they choose the
+    band instead of ``tou``."""
+    tou_writes: tuple[tuple[int, object], ...] = ()
+    """The TOU values as written over DL/T 645, by DI (the face rebuilds ``tou_year`` from them)."""
     passwords: tuple[tuple[int, int], ...] = ((2, 0x000000), (4, 0x000000))
     operator_codes: frozenset[int] = frozenset()
     utc_offset_minutes: int = 480
@@ -385,7 +393,15 @@ class VirtualMeter:
         self.power_w = rate
         if rate and not self.flags & self._event_bit(EventKind.CURRENT_LOSS):
             # a meter that has lost its current input draws but does not measure: that is the theft
-            self._accrue(self.settings.tou.band_at(minute % MINUTES_PER_DAY), rate, duration_s, at_s)
+            self._accrue(self.band_at_local_minute(minute), rate, duration_s, at_s)
+
+    def band_at_local_minute(self, minute: int) -> Band:
+        """The band of a local minute (minutes since 1970-01-01 00:00 local): the pushed tables if any."""
+        year = self.settings.tou_year
+        if year is None:
+            return self.settings.tou.band_at(minute % MINUTES_PER_DAY)
+        day = date.fromordinal(_EPOCH_ORDINAL + minute // MINUTES_PER_DAY)
+        return Band(year.rate_at(day, minute % MINUTES_PER_DAY) - 1)
 
     def _accrue(self, band: Band, rate: int, duration_s: int, at_s: int) -> None:
         before = self._band_ws[band]

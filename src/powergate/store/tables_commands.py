@@ -31,6 +31,7 @@ COMMAND_KINDS = (
     "set_alarms",
     "set_power_limit",
     "set_prices",
+    "set_tou",
     "time_sync",
 )
 MAX_ATTEMPTS_LIMIT = 100

@@ -22,8 +22,10 @@ Invariant: ``describe`` never raises and returns only JSON-friendly values.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import date, datetime
 
+from powergate.domain.tou_table import MeterTou, Period, SpecialDay, Zone, parts_problems, structure_problems
 from powergate.protocols.dlt645.control import (
     CREDENTIAL_BYTES,
     RELAY_ACTION_NAMES,
@@ -43,7 +45,14 @@ from powergate.protocols.dlt645.frame import (
     address_to_bytes,
     describe_errors,
 )
-from powergate.protocols.dlt645.registry import DataItem, format_di, lookup
+from powergate.protocols.dlt645.registry import (
+    DI_SPECIAL_DAY,
+    DI_TOU_ZONE_TABLE,
+    MAX_TOU_ENTRIES,
+    DataItem,
+    format_di,
+    lookup,
+)
 
 BAUD_BITS = {600: 0x02, 1200: 0x04, 2400: 0x08, 4800: 0x10, 9600: 0x20, 19200: 0x40}
 PASSWORD_DI_BASE = 0x04000C01
@@ -129,6 +138,112 @@ def ack_reply(address: str, function: Function, data: bytes = b"") -> Frame:
 
 def error_reply(address: str, function: Function, flags: ErrorFlags) -> Frame:
     return Frame(address, function, bytes([int(flags)]), reply=True, error=True)
+
+
+# --- TOU tables (time zones, day tables, rest days, special days) ----------------------------------------------
+
+DI_ZONE_COUNT = 0x04000201
+DI_DAY_TABLE_COUNT = 0x04000202
+DI_PERIOD_COUNT = 0x04000203
+DI_RATE_COUNT = 0x04000204
+DI_SPECIAL_DAY_COUNT = 0x04000205
+DI_REST_DAYS = 0x04000801
+DI_REST_TABLE = 0x04000802
+TOU_RATES = 4
+
+
+def tou_writes(tou: MeterTou, table_set: int = 1) -> list[tuple[int, Value]]:
+    """The 14H writes (DI, value) that load ``tou`` into a meter's first or second table set, in order: the
+    counts, the time-zone table, the day tables, the rest days, the special days.
+
+    Every day table is sent with the same number of periods (04000203, the largest table's), a shorter one
+    padded with its last period repeated, as meters expect; ``tou_from_values`` drops the repeats again.
+    """
+    assert table_set in DI_TOU_ZONE_TABLE, table_set
+    assert not structure_problems(tou), structure_problems(tou)
+    periods = max(len(table) for table in tou.day_tables)
+    zone_di = DI_TOU_ZONE_TABLE[table_set]
+    writes: list[tuple[int, Value]] = [
+        (DI_ZONE_COUNT, len(tou.zones)),
+        (DI_DAY_TABLE_COUNT, len(tou.day_tables)),
+        (DI_PERIOD_COUNT, periods),
+        (DI_RATE_COUNT, TOU_RATES),
+        (DI_SPECIAL_DAY_COUNT, len(tou.special_days)),
+        (zone_di, tuple({"month": z.month, "day": z.day, "table": z.table} for z in tou.zones)),
+    ]
+    for number, table in enumerate(tou.day_tables, start=1):
+        padded = list(table) + [table[-1]] * (periods - len(table))
+        entries: Value = tuple(
+            {"hour": p.start_minute // 60, "minute": p.start_minute % 60, "rate": p.rate} for p in padded
+        )
+        writes.append((zone_di + number, entries))
+    writes += [(DI_REST_DAYS, tou.rest_days), (DI_REST_TABLE, tou.rest_table)]
+    for number, special in enumerate(tou.special_days, start=1):
+        day = special.day
+        if not 2000 <= day.year <= 2099:
+            raise ValueError(f"special_days: {day.isoformat()} is outside 2000..2099 (YYMMDDNN)")
+        value: Value = {"year": day.year - 2000, "month": day.month, "day": day.day, "table": special.table}
+        writes.append((DI_SPECIAL_DAY + number, value))
+    return writes
+
+
+def tou_from_values(values: Mapping[int, Value], table_set: int = 1) -> MeterTou | DecodeError:
+    """The tables a meter holds, from its values by DI (as ``tou_writes`` wrote them or a read returned them)."""
+    zone_di = DI_TOU_ZONE_TABLE[table_set]
+    counts = [values.get(di) for di in (DI_ZONE_COUNT, DI_DAY_TABLE_COUNT, DI_PERIOD_COUNT, DI_SPECIAL_DAY_COUNT)]
+    if not all(isinstance(count, int) for count in counts):
+        return DecodeError("tou", "the time-zone, day-table, period and special-day counts are all needed")
+    zone_count, table_count, period_count, special_count = (int(c) for c in counts if isinstance(c, int))
+    if not (1 <= zone_count <= MAX_TOU_ENTRIES and 1 <= table_count <= 8 and 1 <= period_count <= MAX_TOU_ENTRIES):
+        return DecodeError("tou", f"counts {zone_count} zones, {table_count} tables, {period_count} periods: too many")
+    try:
+        zones = tuple(
+            Zone(_int(e, "month"), _int(e, "day"), _int(e, "table")) for e in _entries(values, zone_di, zone_count)
+        )
+        tables = tuple(_day_table(values, zone_di + n, period_count) for n in range(1, table_count + 1))
+        specials = tuple(_special_day(values.get(DI_SPECIAL_DAY + n)) for n in range(1, special_count + 1))
+        rest_days, rest_table = values.get(DI_REST_DAYS), values.get(DI_REST_TABLE)
+        if not isinstance(rest_days, int) or not isinstance(rest_table, int):
+            raise ValueError("the rest-day pattern and rest-day table are needed")
+    except (ValueError, KeyError) as error:
+        return DecodeError("tou", str(error))
+    found = parts_problems(zones, tables, rest_days, rest_table, specials)
+    if found:
+        return DecodeError("tou", "; ".join(str(p) for p in found))
+    return MeterTou(zones, tables, rest_days, rest_table, specials)
+
+
+def _entries(values: Mapping[int, Value], di: int, count: int) -> tuple[Mapping[str, Value], ...]:
+    block = values.get(di)
+    if not isinstance(block, tuple) or len(block) < count:
+        raise ValueError(f"{format_di(di)}: {count} entries are needed")
+    entries = block[:count]
+    if not all(isinstance(entry, dict) for entry in entries):
+        raise ValueError(f"{format_di(di)}: not a table")
+    return tuple(entry for entry in entries if isinstance(entry, dict))
+
+
+def _int(entry: Mapping[str, Value], name: str) -> int:
+    value = entry[name]
+    if not isinstance(value, int):
+        raise ValueError(f"{name}: not a number")
+    return value
+
+
+def _day_table(values: Mapping[int, Value], di: int, count: int) -> tuple[Period, ...]:
+    periods: list[Period] = []
+    for entry in _entries(values, di, count):
+        period = Period(_int(entry, "hour") * 60 + _int(entry, "minute"), _int(entry, "rate"))
+        if not periods or period != periods[-1]:  # a repeat of the previous period is padding
+            periods.append(period)
+    return tuple(periods)
+
+
+def _special_day(value: Value) -> SpecialDay:
+    if not isinstance(value, dict):
+        raise ValueError("a special day within the count is missing")
+    day = date(2000 + _int(value, "year"), _int(value, "month"), _int(value, "day"))
+    return SpecialDay(day, _int(value, "table"))
 
 
 def split_di(frame: Frame) -> tuple[int, bytes] | DecodeError:

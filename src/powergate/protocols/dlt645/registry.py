@@ -40,6 +40,8 @@ from powergate.protocols.dlt645.datatypes import (
     Repeated,
     Value,
     ValueFormat,
+    bcd_digits,
+    digits_to_bcd,
 )
 
 STANDARD = "DL/T 645-2007"
@@ -50,6 +52,110 @@ MAX_BLOCK_VALUES = 49
 """A read reply carries at most 200 data bytes: DI (4) + 49 four-byte values."""
 
 REACTIVE_ENERGY = Number("XXXXXX.XX", "kvarh", "varh", 10)
+COUNT_2 = Number("XX", "", "count", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class BcdFields(ValueFormat):
+    """Two-digit BCD fields packed in one value, written most significant first (``MMDDNN``: month, day,
+    day-table number) and sent least significant byte first, decoded to ``{name: int}``. Each field is checked
+    against its range on both encode and decode."""
+
+    fields_pattern: str
+    names: tuple[str, ...]
+    ranges: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        assert len(self.fields_pattern) == 2 * len(self.names) == 2 * len(self.ranges), self
+
+    @property
+    def pattern(self) -> str:
+        return self.fields_pattern
+
+    @property
+    def min_length(self) -> int:
+        return len(self.names)
+
+    def decode(self, data: bytes, field: str) -> Value | DecodeError:
+        wrong = self.check_length(data, field)
+        if wrong is not None:
+            return wrong
+        digits = bcd_digits(data, field)
+        if isinstance(digits, DecodeError):
+            return digits
+        values: dict[str, Value] = {}
+        for index, (name, (low, high)) in enumerate(zip(self.names, self.ranges, strict=True)):
+            number = int(digits[2 * index : 2 * index + 2])
+            if not low <= number <= high:
+                return DecodeError(f"{field}.{name}", f"{number} is outside {low}..{high} ({self.pattern})")
+            values[name] = number
+        return values
+
+    def encode(self, value: Value, field: str) -> bytes:
+        if not isinstance(value, dict) or set(value) != set(self.names):
+            raise ValueError(f"{field}: expected the fields {list(self.names)}, got {value!r}")
+        digits = []
+        for name, (low, high) in zip(self.names, self.ranges, strict=True):
+            number = value[name]
+            if not isinstance(number, int) or isinstance(number, bool) or not low <= number <= high:
+                raise ValueError(f"{field}.{name}: {number!r} is outside {low}..{high} ({self.pattern})")
+            digits.append(f"{number:02d}")
+        return digits_to_bcd("".join(digits))
+
+    def parse_text(self, text: str, field: str) -> Value:
+        cleaned = text.strip()
+        if len(cleaned) != len(self.fields_pattern) or not cleaned.isdigit():
+            raise ValueError(f"{field}: {text!r} is not {len(self.fields_pattern)} digits ({self.pattern})")
+        value: Value = {name: int(cleaned[2 * i : 2 * i + 2]) for i, name in enumerate(self.names)}
+        self.encode(value, field)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Bits8(ValueFormat):
+    """One byte of flags (not BCD), e.g. the rest-day pattern 周休日特征字: bit 0 Sunday .. bit 6 Saturday."""
+
+    @property
+    def pattern(self) -> str:
+        return "XX (bits)"
+
+    @property
+    def min_length(self) -> int:
+        return 1
+
+    def decode(self, data: bytes, field: str) -> Value | DecodeError:
+        wrong = self.check_length(data, field)
+        return wrong if wrong is not None else data[0]
+
+    def encode(self, value: Value, field: str) -> bytes:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFF:
+            raise ValueError(f"{field}: expected a byte 0..255, got {value!r}")
+        return bytes([value])
+
+    def parse_text(self, text: str, field: str) -> Value:
+        try:
+            value = int(text.strip(), 16)
+        except ValueError:
+            raise ValueError(f"{field}: {text!r} is not a 2-digit hex byte") from None
+        self.encode(value, field)
+        return value
+
+
+MAX_TOU_ENTRIES = 14
+"""DL/T 645-2007: at most 14 time zones a year and 14 periods a day."""
+DAY_TABLES = 8
+SPECIAL_DAYS = 254
+ZONE_ENTRY = BcdFields("MMDDNN", ("month", "day", "table"), ((1, 12), (1, 31), (1, DAY_TABLES)))
+PERIOD_ENTRY = BcdFields("hhmmNN", ("hour", "minute", "rate"), ((0, 23), (0, 59), (1, 63)))
+SPECIAL_DAY_ENTRY = BcdFields(
+    "YYMMDDNN", ("year", "month", "day", "table"), ((0, 99), (1, 12), (1, 31), (1, DAY_TABLES))
+)
+ZONE_TABLE = Repeated(ZONE_ENTRY, 1, MAX_TOU_ENTRIES)
+DAY_TABLE = Repeated(PERIOD_ENTRY, 1, MAX_TOU_ENTRIES)
+DI_TOU_ZONE_TABLE = {1: 0x04010000, 2: 0x04020000}
+"""Time-zone table of the first / second set (第一套 / 第二套时区表数据); day table n is this DI + n."""
+DI_SPECIAL_DAY = 0x04030000
+"""Special day n (第n公共假日日期及日时段表号) is this DI + n, n = 1..254."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +237,15 @@ _PARAMETERS: tuple[tuple[int, str, str, ValueFormat, bool, str], ...] = (
     (0x04000401, "communication address", "通信地址", ADDRESS_DIGITS, True, STANDARD),
     (0x0400040E, "customer number", "客户编号", Digits(6), True, SUPPLEMENT),
     (0x04000503, "running status word 3", "电表运行状态字3", STATUS_3, False, STANDARD),
+    (0x04000106, "switch time to the second time-zone set", "两套时区表切换时间", MINUTE_STAMP, True, STANDARD),
+    (0x04000107, "switch time to the second day-table set", "两套日时段表切换时间", MINUTE_STAMP, True, STANDARD),
+    (0x04000201, "time zones a year", "年时区数p≤14", COUNT_2, True, STANDARD),
+    (0x04000202, "day tables", "日时段表数q≤8", COUNT_2, True, STANDARD),
+    (0x04000203, "periods a day", "日时段数(每日切换数)m≤14", COUNT_2, True, STANDARD),
+    (0x04000204, "rates", "费率数k≤63", COUNT_2, True, STANDARD),
+    (0x04000205, "special days", "公共假日数n≤254", COUNT_4, True, STANDARD),
+    (0x04000801, "rest-day pattern", "周休日特征字", Bits8(), True, STANDARD),
+    (0x04000802, "rest-day day table", "周休日采用的日时段表号", COUNT_2, True, STANDARD),
 )
 _EVENT_ENERGIES = (
     ("forward_active", ENERGY),
@@ -176,6 +291,18 @@ def _price_items() -> Iterator[DataItem]:
             yield DataItem(di, f"price set {table} {rate_name}", f"{table_zh}费率电价{rate}", PRICE, writable=True)
 
 
+def _tou_items() -> Iterator[DataItem]:
+    for table_set, set_zh in ((1, "第一套"), (2, "第二套")):
+        zone_di = DI_TOU_ZONE_TABLE[table_set]
+        yield DataItem(zone_di, f"set {table_set} time-zone table", f"{set_zh}时区表数据", ZONE_TABLE, writable=True)
+        for number in range(1, DAY_TABLES + 1):
+            name, name_zh = f"set {table_set} day table (no. {number})", f"{set_zh}第{number}日时段表数据"
+            yield DataItem(zone_di + number, name, name_zh, DAY_TABLE, writable=True)
+    for number in range(1, SPECIAL_DAYS + 1):
+        name, name_zh = f"special day (no. {number})", f"第{number}公共假日日期及日时段表号"
+        yield DataItem(DI_SPECIAL_DAY + number, name, name_zh, SPECIAL_DAY_ENTRY, writable=True)
+
+
 def _freeze_and_event_items() -> Iterator[DataItem]:
     for last in range(1, DAILY_FREEZES + 1):
         yield DataItem(0x05060000 | last, f"daily freeze time (last {last})", f"(上{last}次)日冻结时间", MINUTE_STAMP)
@@ -196,6 +323,7 @@ def _all_items() -> Iterator[DataItem]:
     for di, name, name_zh, fmt, writable, source in _PARAMETERS:
         yield DataItem(di, name, name_zh, fmt, writable, source)
     yield from _price_items()
+    yield from _tou_items()
     yield from _freeze_and_event_items()
 
 
@@ -230,13 +358,20 @@ def encode_data(di: int, value: Value) -> bytes:
     return item.format.encode(value, item.name)
 
 
+_RUN_MARK = re.compile(r" \((last|no\.) \d+\)")
+"""A numbered family member: "(last n)" freezes and records, "(no. n)" day tables and special days."""
+
+
 def _compact(items: list[DataItem]) -> tuple[str, str, str]:
-    """Collapse a "last n" run into one row: ``05060101..0506013E``."""
+    """Collapse a "last n" / "no. n" run into one row: ``05060101..0506013E``."""
     first, last = items[0], items[-1]
-    di = first.di_text if len(items) == 1 else f"{first.di_text}..{last.di_text}"
-    name = first.name if len(items) == 1 else first.name.replace("last 1", f"last 1..{len(items)}")
-    name_zh = first.name_zh if len(items) == 1 else first.name_zh.replace("上1次", f"上1..{len(items)}次")
-    return di, name, name_zh
+    if len(items) == 1:
+        return first.di_text, first.name, first.name_zh
+    di = f"{first.di_text}..{last.di_text}"
+    name = first.name.replace("last 1", f"last 1..{len(items)}").replace("no. 1)", f"no. 1..{len(items)})")
+    if "上1次" in first.name_zh:
+        return di, name, first.name_zh.replace("上1次", f"上1..{len(items)}次")
+    return di, name, first.name_zh.replace("第1", f"第1..{len(items)}", 1)
 
 
 def registry_markdown() -> str:
@@ -248,8 +383,8 @@ def registry_markdown() -> str:
     rows: list[list[DataItem]] = []
     for item in sorted(REGISTRY.values(), key=lambda entry: entry.di):
         previous = rows[-1][-1] if rows else None
-        same_run = previous is not None and "(last " in item.name and item.di == previous.di + 1
-        if same_run and previous is not None and previous.name.split(" (last")[0] == item.name.split(" (last")[0]:
+        same_run = previous is not None and _RUN_MARK.search(item.name) is not None and item.di == previous.di + 1
+        if same_run and previous is not None and _RUN_MARK.sub("", previous.name) == _RUN_MARK.sub("", item.name):
             rows[-1].append(item)
         else:
             rows.append([item])
