@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import make_url
 
-from conftest import PG_HOST, PG_PORT, PG_USER
 from powergate.cli import main
 from powergate.domain.ledger import charge_entry, recharge_entry, wallet_code
 from powergate.store import ledger as ledger_store
 from powergate.store.db import current_revision, make_engine
 from powergate.store.tables import ledger_accounts
+from testkit import PG_HOST, PG_PORT, PG_USER
 
 NOW = dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.UTC)
 

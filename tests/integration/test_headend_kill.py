@@ -41,7 +41,6 @@ from typing import Any
 
 import pytest
 
-from conftest import free_port
 from powergate.domain.ledger import wallet_code
 from powergate.domain.money import MICROS_PER_UNIT
 from powergate.headend import commands as queue
@@ -65,6 +64,7 @@ from powergate.sim.profiles import PROFILES, ProfileKind
 from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.db import make_engine
+from testkit import free_port
 
 METERS = 40
 METERS_PER_DTU = 10

@@ -16,7 +16,6 @@ from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 
-from conftest import free_port
 from powergate.headend.modbus_link import Gateway, ModbusLink
 from powergate.headend.model import (
     CommandKind,
@@ -32,6 +31,7 @@ from powergate.headend.model import (
 from powergate.sim.meter import Band, EventKind, VirtualMeter
 from powergate.sim.modbus_face import MeterContext, bound_port, start_modbus_server
 from powergate.sim.profiles import RESIDENTIAL
+from testkit import free_port
 
 TIMEOUT_S = 20.0
 EVERYTHING = frozenset({ReadItem.ENERGY, ReadItem.INSTANT, ReadItem.RELAY, ReadItem.PREPAID})

@@ -9,7 +9,6 @@ import time
 
 from sqlalchemy import Engine, func, select
 
-from conftest import free_port
 from powergate.domain.ledger import recharge_entry, wallet_code
 from powergate.headend import commands as queue
 from powergate.headend.commands import CommandState, DispatchOptions
@@ -22,6 +21,7 @@ from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.tables import readings
 from powergate.store.tables_headend import meter_status
+from testkit import free_port
 
 METERS, DTUS, SEED = 20, 2, 7
 FLAT_TARIFF = """

@@ -22,7 +22,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, func, select
 
-from conftest import free_port
 from powergate.domain.notifications import (
     MAX_ATTEMPTS,
     DeliveryResult,
@@ -36,6 +35,7 @@ from powergate.services import accounts as structure
 from powergate.services import notify
 from powergate.store.audit import audit_records
 from powergate.store.tables_notify import notifications
+from testkit import free_port
 
 TZ = ZoneInfo("Asia/Shanghai")
 NOON = dt.datetime(2026, 11, 25, 12, 0, tzinfo=TZ).astimezone(dt.UTC)

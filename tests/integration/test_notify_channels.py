@@ -38,7 +38,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import free_port
 from powergate.notify._http import HttpProviderChannel, HttpProviderConfig
 from powergate.notify.base import DeliveryResult, OutgoingMessage
 from powergate.notify.config import ConfigError, build_channels, load_notify_config
@@ -48,6 +47,7 @@ from powergate.notify.sms import AliyunSms, AliyunSmsConfig, generic_sms, rpc_si
 from powergate.notify.voice import generic_voice
 from powergate.notify.webhook import VerifiedWebhook, WebhookChannel, WebhookConfig, verify_webhook
 from powergate.notify.wechat import WechatMpConfig, WechatTemplateChannel
+from testkit import free_port
 
 NOW = dt.datetime(2026, 11, 22, 3, 0, 0, tzinfo=dt.UTC)
 

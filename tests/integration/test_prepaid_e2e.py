@@ -17,7 +17,6 @@ import time
 
 from sqlalchemy import Engine, func, select
 
-from conftest import free_port
 from powergate.domain.ledger import recharge_entry, wallet_code
 from powergate.headend import commands as queue
 from powergate.headend.commands import CommandState, DispatchOptions
@@ -31,6 +30,7 @@ from powergate.sim.fleet import Fleet, FleetOptions
 from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.tables import readings
+from testkit import free_port
 
 YUAN = 1_000_000
 SEED = 11

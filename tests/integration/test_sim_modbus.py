@@ -11,13 +11,13 @@ import re
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from conftest import require_command
 from powergate.protocols.modbus.codec import CodecError, decode_block, encode_group
 from powergate.protocols.modbus.maps import ACREL_SINGLE_PHASE, GENERIC_THREE_PHASE
 from powergate.protocols.modbus.registers import Table
 from powergate.sim.meter import VirtualMeter
 from powergate.sim.modbus_face import bound_port, start_modbus_server
 from powergate.sim.profiles import RESIDENTIAL
+from testkit import require_command
 
 T0 = 1_700_000_000
 

@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import require_command
 from powergate.protocols import mqtt
 from powergate.sim.meter import VirtualMeter
 from powergate.sim.mqtt_face import MqttGateway
 from powergate.sim.profiles import RESIDENTIAL
+from testkit import require_command
 
 pytestmark = pytest.mark.mqtt
 

@@ -16,7 +16,6 @@ from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 from test_modbus_codec import ACREL_VALUES
 
-from conftest import free_port
 from powergate.protocols.modbus import (
     ACREL_SINGLE_PHASE,
     GENERIC_THREE_PHASE,
@@ -31,6 +30,7 @@ from powergate.protocols.modbus import (
     encode_write,
     read_plan,
 )
+from testkit import free_port
 
 UNIT_ID = 7
 SIM_TYPE = {True: SimType.BITS, False: SimType.REGISTERS}

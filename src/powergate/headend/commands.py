@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from powergate.domain import tou_table
 from powergate.headend.model import (
     CommandKind,
     CommandResult,
@@ -118,6 +119,7 @@ DEFAULT_PRIORITY = {
     CommandKind.SET_ALARMS: PRIORITY_ROUTINE,
     CommandKind.SET_POWER_LIMIT: PRIORITY_ROUTINE,
     CommandKind.SET_PRICES: PRIORITY_ROUTINE,
+    CommandKind.SET_TOU: PRIORITY_ROUTINE,
     CommandKind.TIME_SYNC: PRIORITY_ROUTINE,
 }
 
@@ -138,6 +140,7 @@ SUPERSEDES = {
     CommandKind.SET_ALARMS: frozenset({CommandKind.SET_ALARMS}),
     CommandKind.SET_POWER_LIMIT: frozenset({CommandKind.SET_POWER_LIMIT}),
     CommandKind.SET_PRICES: frozenset({CommandKind.SET_PRICES}),
+    CommandKind.SET_TOU: frozenset({CommandKind.SET_TOU}),
     CommandKind.TIME_SYNC: frozenset({CommandKind.TIME_SYNC}),
 }
 """A newer command makes these older *pending* ones of the same meter obsolete (the latest intent wins).
@@ -228,22 +231,27 @@ def encode_parameters(command: MeterCommand) -> str:
         values["prices_micros"] = list(command.prices_micros)
     if command.at is not None:
         values["at"] = command.at.astimezone(dt.UTC).isoformat()
+    if command.tou is not None:
+        values["tou"] = tou_table.to_plain(command.tou)
     return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
 
 def decode_command(command_id: str, kind: str, valid_until: dt.datetime, parameters: str) -> MeterCommand:
     values = json.loads(parameters)
     assert isinstance(values, dict), parameters
-    unknown = set(values) - {*_PARAMETER_FIELDS, "prices_micros", "at"}
+    unknown = set(values) - {*_PARAMETER_FIELDS, "prices_micros", "at", "tou"}
     assert not unknown, f"command {command_id}: unknown parameters {sorted(unknown)}"
     prices = values.get("prices_micros")
     at = values.get("at")
+    tou = None if "tou" not in values else tou_table.from_plain(values["tou"])
+    assert not isinstance(tou, list), f"command {command_id}: stored TOU table is invalid: {tou}"
     return MeterCommand(
         command_id=command_id,
         kind=CommandKind(kind),
         valid_until=valid_until,
         prices_micros=None if prices is None else tuple(int(p) for p in prices),
         at=None if at is None else dt.datetime.fromisoformat(at),
+        tou=tou,
         **{name: int(values[name]) for name in _PARAMETER_FIELDS if name in values},
     )
 
@@ -314,6 +322,12 @@ def _check_parameters(command: MeterCommand) -> Problem | None:
             return Problem("prices_micros", "four prices >= 0 are needed: sharp, peak, flat, valley")
         if any(price % PRICE_STEP_MICROS for price in prices):
             return Problem("prices_micros", f"{list(prices)}: meter prices carry at most 4 decimals (yuan/kWh)")
+    elif kind is CommandKind.SET_TOU:
+        if command.tou is None:
+            return Problem("tou", "a TOU push needs the tables")
+        problems = tou_table.structure_problems(command.tou)
+        if problems:
+            return Problem(problems[0].path, problems[0].message)
     elif kind is CommandKind.TIME_SYNC and command.at is not None and command.at.tzinfo is None:
         return Problem("at", "must be timezone-aware")
     return None
@@ -701,6 +715,35 @@ def due_heads(conn: Connection, now: dt.datetime, *, limit: int) -> list[QueuedC
     return [_row(record) for record in conn.execute(query)]
 
 
+MAX_REACHABLE_LINKS = 5_000
+"""Bound on the link ids one ``put_off_heads`` query names (a head-end's DTU sessions)."""
+
+
+def put_off_heads(conn: Connection, now: dt.datetime, link_ids: Sequence[str], *, limit: int) -> list[QueuedCommand]:
+    """Never-tried pending commands of meters behind ``link_ids`` that are not due only because a dispatcher
+    that could not reach them put them off (``defer``): with several head-ends, a DTU is online at one of them,
+    and that one takes its meters' commands at once instead of after the others' offline re-checks."""
+    from powergate.store.tables_headend import meter_endpoints
+
+    if not link_ids:
+        return []
+    behind = select(meter_endpoints.c.meter_id).where(meter_endpoints.c.link_id.in_(list(link_ids)))
+    query = (
+        select(meter_commands)
+        .where(
+            _c.state == CommandState.PENDING.value,
+            _c.attempts == 0,
+            _c.claimed_by.is_(None),
+            _c.next_attempt_at > now,
+            _c.meter_id.in_(behind),
+            ~_blocked(_c.seq, _c.meter_id, True, _c.priority),
+        )
+        .order_by(_c.priority.desc(), _c.seq)
+        .limit(limit)
+    )
+    return [_row(record) for record in conn.execute(query)]
+
+
 def defer(conn: Connection, seqs: Sequence[int], until: dt.datetime, now: dt.datetime) -> None:
     """Look at these (offline meters' commands) again at ``until``; a row claimed meanwhile is left alone."""
     if seqs:
@@ -834,6 +877,8 @@ class Dispatcher:
         rng: random.Random | None = None,
     ) -> None:
         assert 0 < len(name) <= 64, name
+        self.reachable_links: Callable[[], Iterable[str]] | None = None
+        """Ids of the links (DTUs) this dispatcher reaches now; set by a head-end that shares meters with others."""
         self.engine = engine
         self.link = link
         self.endpoints = endpoints
@@ -917,7 +962,16 @@ class Dispatcher:
 
     async def _claim(self, limit: int) -> list[_Claim]:
         now = self.clock()
-        expired, candidates = await self._db(lambda conn: (expire_due(conn, now), due_heads(conn, now, limit=limit)))
+        links = sorted(self.reachable_links())[:MAX_REACHABLE_LINKS] if self.reachable_links is not None else []
+
+        def look(conn: Connection) -> tuple[int, list[QueuedCommand]]:
+            expired = expire_due(conn, now)
+            due = due_heads(conn, now, limit=limit)
+            seqs = {row.seq for row in due}
+            put_off = [row for row in put_off_heads(conn, now, links, limit=limit) if row.seq not in seqs]
+            return expired, (due + put_off)[:limit]
+
+        expired, candidates = await self._db(look)
         self.stats.expired += expired
         ready: list[tuple[QueuedCommand, MeterEndpoint]] = []
         offline: list[int] = []
@@ -939,7 +993,9 @@ class Dispatcher:
     ) -> tuple[list[_Claim], list[CommandState | None]]:
         """Claim the ready rows; also returns the states of rows settled at claim time (None: lost)."""
         now = self.clock()
-        defer(conn, offline, now + dt.timedelta(seconds=self.policy.offline_recheck_s), now)
+        # jittered, so two head-ends polling at the same pace do not lock into the same order for ever
+        recheck_s = self.policy.offline_recheck_s * (1 - 0.5 * self.rng.random())
+        defer(conn, offline, now + dt.timedelta(seconds=recheck_s), now)
         locked = lock_meters(conn, (row.meter_id for row, _ in ready))
         lease_until = now + dt.timedelta(seconds=self.policy.lease_s)
         claims: list[_Claim] = []

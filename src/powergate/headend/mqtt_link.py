@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import itertools
 import logging
 import random
@@ -92,6 +93,17 @@ Clock = Callable[[], dt.datetime]
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def wire_command_id(command_id: str) -> str:
+    """The id a command carries on the wire: its own when MQTT ids allow it, else a digest of it.
+
+    Queue ids may hold characters MQTT ids do not (``close:12:3:M-1``, from the prepaid relay) or be longer
+    than 64; the digest is deterministic, so a resend after a restart carries the same id as the first attempt.
+    """
+    if mqtt.valid_id(command_id):
+        return command_id
+    return "c-" + hashlib.sha256(command_id.encode()).hexdigest()[:40]
 
 
 # --- what goes to the sinks --------------------------------------------------------------------------------
@@ -584,13 +596,12 @@ class MqttLink:
         now = self.clock()
         if command.valid_until <= now:
             return _refused(f"command {command.command_id} expired at {command.valid_until.isoformat()}")
-        if not mqtt.valid_id(command.command_id):
-            return _refused(f"command_id {command.command_id!r} is not a valid MQTT id")
-        future = self._expect_ack(command.command_id)
+        wire_id = wire_command_id(command.command_id)
+        future = self._expect_ack(wire_id)
         if isinstance(future, LinkError):
             return future
         try:
-            message = mqtt.Command(command.command_id, endpoint.address, now, command.valid_until, params)
+            message = mqtt.Command(wire_id, endpoint.address, now, command.valid_until, params)
             error = await self._publish(client, mqtt.message_topic(endpoint.link_id, message), mqtt.encode(message))
             if error is not None:
                 return error
@@ -601,7 +612,7 @@ class MqttLink:
         except _Failed as failed:
             return failed.error
         finally:
-            self._pending.pop(command.command_id, None)
+            self._pending.pop(wire_id, None)
 
     async def read(self, endpoint: MeterEndpoint, items: frozenset[ReadItem]) -> MeterSnapshot | LinkError:
         """Publish a ``read`` command and wait for the meter's next reading (it carries every register)."""

@@ -12,7 +12,9 @@ learns flowing into the database in batches, through the store layer:
   own transaction, in any process) into commands and wakes the dispatcher at once, and every
   ``due_trips_every_s`` trips deferred to the end of a friendly window are re-decided;
 - commands: a ``Dispatcher`` delivers the persisted command queue through a ``LinkRouter``; it is woken when a
-  DTU registers, so a meter that comes back gets its pending command at once.
+  DTU registers, so a meter that comes back gets its pending command at once, and when any process queues a
+  command (``store.wakeup``); with several head-ends it takes the commands of the DTUs connected to it even when
+  another head-end put them off as offline (``reachable_links``).
 
 Meters and how to reach them come from ``meter_endpoints`` (``powergate headend endpoint add``).
 """
@@ -34,6 +36,7 @@ from powergate.headend import status as status_store
 from powergate.headend.commands import Dispatcher, DispatchOptions
 from powergate.headend.dlt645_link import Dlt645Link
 from powergate.headend.dtu import DtuServer
+from powergate.headend.modbus_link import ModbusLink
 from powergate.headend.model import MeterEndpoint, MeterLink, MeterSnapshot, Transport
 from powergate.headend.mqtt_link import MeterEvent as PushedEvent
 from powergate.headend.mqtt_link import MqttLink, Notice
@@ -41,12 +44,14 @@ from powergate.headend.router import LinkRouter
 from powergate.headend.scheduler import ReadScheduler, ScheduleConfig, snapshot_readings
 from powergate.headend.status import StatusTracker
 from powergate.headend.timesync import TimeSyncAction, TimeSyncPlanner
-from powergate.services import meterside, notify, prepaid
+from powergate.services import meterside, notify, prepaid, samples
 from powergate.services.ingest import Ingestor, IngestReport
+from powergate.store import wakeup
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
+SAMPLES_PRUNE_EVERY = dt.timedelta(hours=1)
 
 
 def utc_now() -> dt.datetime:
@@ -60,6 +65,8 @@ class HeadendSettings:
     dtu_listen: tuple[str, int] | None = ("0.0.0.0", 7100)
     mqtt_broker: tuple[str, int] | None = None
     mqtt_group: str = "headend"
+    modbus: bool = False
+    """Read meters behind Modbus TCP / RTU-over-TCP gateways (endpoints with transport ``modbus``)."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     request_timeout_s: float = 2.0
     status_every_s: float = 10.0
@@ -87,6 +94,7 @@ class RuntimeStats:
     time_syncs: int = 0
     relayed: int = 0
     relay_problems: int = 0
+    samples: int = 0
 
 
 class HeadendRuntime:
@@ -107,6 +115,7 @@ class HeadendRuntime:
         self.ready = asyncio.Event()
         self._ingest_lock = asyncio.Lock()
         self.timesync = TimeSyncPlanner()
+        self._samples_pruned_at = dt.datetime.min.replace(tzinfo=dt.UTC)
 
     def load_endpoints(self) -> list[MeterEndpoint]:
         with self.engine.connect() as conn:
@@ -136,6 +145,10 @@ class HeadendRuntime:
             self.mqtt.register(e for e in endpoints if e.transport is Transport.MQTT)
             links[Transport.MQTT] = self.mqtt
             tasks.append(asyncio.create_task(self.mqtt.run(stop)))
+        modbus: ModbusLink | None = None
+        if self.settings.modbus:
+            modbus = ModbusLink(clock=self.clock, timeout_s=self.settings.request_timeout_s)
+            links[Transport.MODBUS] = modbus
         scheduler = ReadScheduler(
             links, self._on_readings, self.settings.schedule, clock=self.clock, on_outcome=self.status.observe
         )
@@ -151,7 +164,11 @@ class HeadendRuntime:
             options=self.settings.dispatch,
         )
         tasks.append(asyncio.create_task(scheduler.run(stop)))
+        if self.dtu_server is not None:  # a DTU may dial into any head-end: take its commands where it is
+            self.dispatcher.reachable_links = self._online_dtus
         tasks.append(asyncio.create_task(self.dispatcher.run(stop)))
+        # a command queued by any process (a payment's close via a worker's relay) wakes the dispatcher at once
+        tasks.append(asyncio.create_task(wakeup.forward(self.engine, wakeup.COMMANDS, self.dispatcher.wake, stop)))
         tasks.append(asyncio.create_task(self._write_status_every(stop)))
         if self.settings.notify_channels:
             worker = notify.DeliveryWorker(
@@ -172,6 +189,12 @@ class HeadendRuntime:
             await self._flush_status()
             if self.dtu_server is not None:
                 await self.dtu_server.close()
+            if modbus is not None:
+                await modbus.close()
+
+    def _online_dtus(self) -> list[str]:
+        server = self.dtu_server
+        return [] if server is None else [dtu_id for dtu_id in list(server.sessions) if server.online(dtu_id)]
 
     def _dtu_changed(self, dtu_id: str, online: bool) -> None:
         if online and self.dispatcher is not None:
@@ -182,6 +205,13 @@ class HeadendRuntime:
             endpoint = self.endpoints.get(snapshot.meter_id)
             if endpoint is not None:
                 self.status.observe(endpoint, snapshot)
+        # only meters this head-end knows: a shared broker also carries other sites' meters, whose samples would
+        # break the batch's foreign keys (their readings are still offered to ingest, which rejects them by name)
+        known = [snapshot for snapshot in batch if snapshot.meter_id in self.endpoints]
+        stored, bad_samples = await asyncio.to_thread(samples.store_snapshots, self.engine, known)
+        self.stats.samples += stored
+        for problem in bad_samples:
+            log.warning("sample of %s at %s rejected: %s", problem.meter_id, problem.at, problem.reason)
         readings = snapshot_readings(batch)
         if not readings:
             return
@@ -287,6 +317,9 @@ class HeadendRuntime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.status_every_s)
             await self._flush_status()
+            if self.clock() >= self._samples_pruned_at + SAMPLES_PRUNE_EVERY:
+                self._samples_pruned_at = self.clock()
+                await asyncio.to_thread(samples.prune, self.engine, self._samples_pruned_at)
 
     async def _flush_status(self) -> None:
         rows = self.status.changes()

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from powergate.domain.calendar import SiteCalendar
 from powergate.domain.ledger import Entry, charge_entry
 from powergate.domain.rating import (
     Charge,
@@ -35,11 +36,14 @@ from powergate.domain.rating import (
     Skipped,
     rate,
 )
+from powergate.services.site_calendar import SiteCalendars, sites_of_meters
 from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.bulk import Bulk
 
 MAX_BATCH = 20_000
+MAX_CACHED_CONTEXTS = 10_000
+"""Bound on the rating contexts kept (one per tariff, zone, limits and site calendar in use)."""
 """Bound on one batch: larger inputs are refused, the caller splits them."""
 
 Clock = Callable[[], dt.datetime]
@@ -67,17 +71,37 @@ class IngestReport:
 
 
 class RatingContexts:
-    """Builds and caches one ``RatingContext`` per (tariff, time zone, limits); tariffs are parsed once."""
+    """Builds and caches one ``RatingContext`` per (tariff, time zone, limits, site calendar); tariffs are parsed
+    once. ``prepare`` (once per batch) looks up the calendar of each meter's site, so a meter that belongs to a
+    site is rated by its site's day types (admin overrides included, from the next batch after a change)."""
 
-    def __init__(self, build: Callable[[Connection, metering.MeterRow], RatingContext]) -> None:
+    def __init__(
+        self,
+        build: Callable[[Connection, metering.MeterRow], RatingContext],
+        calendars: SiteCalendars | None = None,
+    ) -> None:
         self._build = build
-        self._cache: dict[tuple[str, str, int, int], RatingContext] = {}
+        self._cache: dict[tuple[str, str, int, int, int], RatingContext] = {}
+        self._calendars = calendars if calendars is not None else SiteCalendars()
+        self._site_calendars: dict[str, SiteCalendar] = {}
+
+    def prepare(self, conn: Connection, meter_ids: Sequence[str]) -> None:
+        """The site calendar of each meter of a batch that belongs to a site (two indexed queries)."""
+        site_of = sites_of_meters(conn, meter_ids)
+        calendars = self._calendars.for_sites(conn, site_of.values())
+        self._site_calendars = {meter_id: calendars[site_id] for meter_id, site_id in site_of.items()}
 
     def for_meter(self, conn: Connection, meter: metering.MeterRow) -> RatingContext:
-        key = (meter.tariff_id, meter.timezone, meter.register_max_wh, meter.max_power_w)
+        calendar = self._site_calendars.get(meter.meter_id)
+        # a cached context keeps its calendar alive, so the id of a cached calendar is never reused
+        key = (meter.tariff_id, meter.timezone, meter.register_max_wh, meter.max_power_w, id(calendar))
         context = self._cache.get(key)
         if context is None:
             context = self._build(conn, meter)
+            if calendar is not None and context.calendar is not calendar:
+                context = replace(context, calendar=calendar)
+            if len(self._cache) >= MAX_CACHED_CONTEXTS:
+                self._cache.clear()
             self._cache[key] = context
         return context
 
@@ -87,7 +111,6 @@ class RatingContexts:
 
 def default_context_builder(conn: Connection, meter: metering.MeterRow) -> RatingContext:
     """A rating context from the stored tariff document and the site's time zone and calendar."""
-    from powergate.domain.calendar import SiteCalendar
     from powergate.domain.tariff_files import load_tariff
 
     tariff = load_tariff(metering.tariff_document(conn, meter.tariff_id), source=f"tariff {meter.tariff_id}")
@@ -145,6 +168,8 @@ class Ingestor:
         fresh = [r for r in unique.values() if r.reading_id not in seen]
         meter_ids = sorted({r.meter_id for r in fresh})
         meters = metering.load_meters(conn, meter_ids)
+        self.contexts.prepare(conn, meter_ids)
+        metering.lock_states(conn, meter_ids)  # another process may be rating these meters right now
         states = metering.load_states(conn, meter_ids)
         had_state = set(states)
         fresh.sort(key=_INGEST_ORDER)

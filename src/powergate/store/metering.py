@@ -82,6 +82,18 @@ def load_meters(conn: Connection, meter_ids: Sequence[str]) -> dict[str, MeterRo
     }
 
 
+def lock_states(conn: Connection, meter_ids: Sequence[str]) -> None:
+    """PostgreSQL: lock these meters' rating states until the transaction ends, in meter order.
+
+    Two processes ingesting readings of one meter at once (MQTT shared subscriptions hand a meter's readings
+    to any head-end) would otherwise both rate from the same state and charge the overlap twice; with the lock
+    the second waits and then reads the state the first committed. SQLite serialises writers already.
+    """
+    if conn.dialect.name == "postgresql" and meter_ids:
+        query = "SELECT meter_id FROM meter_rating_state WHERE meter_id = ANY(%s) ORDER BY meter_id FOR UPDATE"
+        conn.exec_driver_sql(query, (sorted(meter_ids),))
+
+
 def load_states(conn: Connection, meter_ids: Sequence[str]) -> dict[str, RatingState]:
     bulk = Bulk(conn)
     query = f"SELECT meter_id, {', '.join(name for name, _ in STATE_COLUMNS)} FROM meter_rating_state"
