@@ -469,7 +469,7 @@ class _Account:
         balance = conn.execute(
             select(ledger_accounts.c.balance_micros).where(ledger_accounts.c.id == self.wallet_account_id)
         ).scalar_one()
-        room = _room_of_account(conn, self.id) or self.name
+        room = notify.room_of(conn, self.id) or self.name
         return {
             "account_no": self.account_no,
             "room": room,
@@ -513,16 +513,6 @@ def _meter_place(conn: Connection, meter_id: str) -> tuple[int, str, str] | None
         .limit(1)
     ).scalar_one_or_none()
     return int(row.site_id), str(room or row.name), str(row.timezone)
-
-
-def _room_of_account(conn: Connection, account_id: int) -> str | None:
-    return conn.execute(
-        select(rooms.c.number)
-        .join(meter_assignments, meter_assignments.c.room_id == rooms.c.id)
-        .where(meter_assignments.c.account_id == account_id, meter_assignments.c.valid_to.is_(None))
-        .order_by(meter_assignments.c.id)
-        .limit(1)
-    ).scalar_one_or_none()
 
 
 def _wallet_sites(conn: Connection) -> dict[str, int]:

@@ -457,7 +457,7 @@ def event_from_outbox(
         return None
     money = currency_of(str(found.currency))
     local = created_at.astimezone(ZoneInfo(str(found.timezone)))
-    data = {"account_no": found.account_no, "room": _room_of(conn, int(found.id)) or found.name}
+    data = {"account_no": found.account_no, "room": room_of(conn, int(found.id)) or found.name}
     data["time"] = local.strftime("%Y-%m-%d %H:%M")
     for field_name, micros_key in (
         ("balance", "balance_micros"),
@@ -470,7 +470,7 @@ def event_from_outbox(
     return NotificationEvent(event_kind, f"outbox:{key}", int(found.site_id), created_at, int(found.id), data)
 
 
-def _room_of(conn: Connection, account_id: int) -> str | None:
+def room_of(conn: Connection, account_id: int) -> str | None:
     """The room number of the account's first open meter assignment, if it has one."""
     return conn.execute(
         select(rooms.c.number)
