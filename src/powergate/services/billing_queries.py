@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from powergate.domain.money import format_money
-from powergate.services import billing, payments
+from powergate.services import billing, payments, queries
 from powergate.services.accounts import Rejected
+from powergate.services.queries import Scope
+from powergate.services.reports import organisation_sites
 from powergate.store.tables import ledger_accounts
 from powergate.store.tables_billing import (
     apportion_rule_versions,
@@ -27,35 +29,9 @@ from powergate.store.tables_billing import (
     bills,
     charge_items,
 )
-from powergate.store.tables_structure import accounts, sites
+from powergate.store.tables_structure import accounts
 
 MAX_ROWS = 1_000
-
-
-@dataclass(frozen=True, slots=True)
-class SiteLine:
-    id: int
-    name: str
-    timezone: str
-
-
-def org_sites(conn: Connection, organisation_id: int) -> list[SiteLine]:
-    query = select(sites.c.id, sites.c.name, sites.c.timezone).where(sites.c.organisation_id == organisation_id)
-    return [SiteLine(int(i), str(n), str(z)) for i, n, z in conn.execute(query.order_by(sites.c.name))]
-
-
-def site_in_org(conn: Connection, organisation_id: int, site_id: int) -> bool:
-    query = select(sites.c.id).where(sites.c.id == site_id, sites.c.organisation_id == organisation_id)
-    return conn.execute(query).first() is not None
-
-
-def account_in_org(conn: Connection, organisation_id: int, account_id: int) -> bool:
-    query = select(accounts.c.id).where(accounts.c.id == account_id, accounts.c.organisation_id == organisation_id)
-    return conn.execute(query).first() is not None
-
-
-def _org_site_ids(organisation_id: int) -> Any:
-    return select(sites.c.id).where(sites.c.organisation_id == organisation_id)
 
 
 # --- charge items ------------------------------------------------------------------------------------------
@@ -81,7 +57,7 @@ class ChargeItemLine:
 
 def charge_item_lines(conn: Connection, organisation_id: int, site_id: int | None = None) -> list[ChargeItemLine]:
     c = charge_items.c
-    query = select(charge_items).where(c.site_id.in_(_org_site_ids(organisation_id)))
+    query = select(charge_items).where(c.site_id.in_(queries.site_ids(Scope(organisation_id))))
     if site_id is not None:
         query = query.where(c.site_id == site_id)
     return [
@@ -161,7 +137,7 @@ def _version(r: Any) -> VersionLine:
 def rule_lines(
     conn: Connection, organisation_id: int, site_id: int | None = None, rule_id: int | None = None
 ) -> list[RuleLine]:
-    query = select(apportion_rules).where(apportion_rules.c.site_id.in_(_org_site_ids(organisation_id)))
+    query = select(apportion_rules).where(apportion_rules.c.site_id.in_(queries.site_ids(Scope(organisation_id))))
     if site_id is not None:
         query = query.where(apportion_rules.c.site_id == site_id)
     if rule_id is not None:
@@ -194,7 +170,7 @@ def rule_lines(
 def rule_site(conn: Connection, organisation_id: int, rule_id: int) -> int | None:
     """The rule's site, if the rule belongs to the organisation."""
     query = select(apportion_rules.c.site_id).where(
-        apportion_rules.c.id == rule_id, apportion_rules.c.site_id.in_(_org_site_ids(organisation_id))
+        apportion_rules.c.id == rule_id, apportion_rules.c.site_id.in_(queries.site_ids(Scope(organisation_id)))
     )
     found = conn.execute(query).scalar()
     return None if found is None else int(found)
@@ -303,7 +279,9 @@ def org_bill(
     conn: Connection, organisation_id: int, bill_no: str, account_id: int | None = None
 ) -> billing.Bill | None:
     """The bill if it belongs to the organisation (and, for a tenant, to their account)."""
-    query = select(bills.c.id).where(bills.c.bill_no == bill_no, bills.c.site_id.in_(_org_site_ids(organisation_id)))
+    query = select(bills.c.id).where(
+        bills.c.bill_no == bill_no, bills.c.site_id.in_(queries.site_ids(Scope(organisation_id)))
+    )
     if account_id is not None:
         query = query.where(bills.c.account_id == account_id)
     if conn.execute(query).first() is None:
@@ -320,7 +298,7 @@ def org_bills(
     account_id: int | None = None,
     limit: int = 500,
 ) -> list[billing.Bill]:
-    query = select(bills.c.bill_no).where(bills.c.site_id.in_(_org_site_ids(organisation_id)))
+    query = select(bills.c.bill_no).where(bills.c.site_id.in_(queries.site_ids(Scope(organisation_id))))
     if site_id is not None:
         query = query.where(bills.c.site_id == site_id)
     if state is not None:
@@ -334,7 +312,7 @@ def org_bills(
 def org_arrears(conn: Connection, organisation_id: int, site_id: int | None = None) -> list[billing.Bill]:
     """Issued and overdue bills not yet paid, oldest due first."""
     found: list[billing.Bill] = []
-    for site in org_sites(conn, organisation_id):
+    for site in organisation_sites(conn, organisation_id):
         if site_id is None or site.id == site_id:
             found.extend(billing.arrears(conn, site.id))
     return sorted(found, key=lambda b: (b.due_on or dt.date.max, b.id))

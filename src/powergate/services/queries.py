@@ -1,4 +1,7 @@
-"""Read models for the HTTP API and the console: organisation-scoped, filtered, keyset-paginated queries.
+"""The one organisation-scoped read layer, shared by the HTTP API and the console: for each list (sites, rooms,
+accounts, meters, orders, refunds, tariffs, audit, alarms, ...) one filter dataclass, one row dataclass, one query
+and one scoping rule. Where the API and the console show different fields, the row carries the union and each
+caller picks what it shows (the API's response models exclude what they do not publish).
 
 Every query takes a ``Scope``: the organisation whose data may be read and, for a tenant, the one account they
 may see. Scoping is part of each query's WHERE clause, never a check after the fact, so a row of another
@@ -7,15 +10,22 @@ organisation is simply not found (the API answers 404 and ids do not leak).
 Pagination is by keyset, not offset: a page is the first ``limit`` rows after the cursor in the list's fixed
 order (``id`` or ``(at, id)``), and ``next_cursor`` is the opaque encoding of the last row's key. A list that
 changes between pages neither repeats nor skips the rows already seen. A cursor that was not produced by this
-module is a ``BadCursor`` naming the field. Every list is bounded (``MAX_LIMIT``).
+module is a ``BadCursor`` naming the field. The console's numbered pages (``number_orders``,
+``number_accounts``: page N of M with a total) run the same query with an offset and a count, in the console's
+order. Every list is bounded (``MAX_LIMIT``, ``MAX_PAGE_ROWS``).
 
 Invariants:
 - money is integer micros (balances) or fen (orders, refunds); energy integer Wh; times aware UTC;
 - a meter belongs to the organisation of the account of its latest assignment (meters move only within a site);
   a tenant sees the meters whose latest assignment is their account, and only the readings taken while it was;
 - an audit record belongs to an organisation when its actor is one of the organisation's users
-  (``...@<org code>``) or its subject names one of the organisation's objects (``organisation:``, ``site:``,
-  ``account:``, ``meter:``, ``order:``, ``tariff:``, its wallets, its alarms).
+  (``user:<name>@<org code>``, or ``.../key:<prefix>`` by API key) or its subject names one of the organisation's
+  objects (``organisation:``, ``site:``, ``account:``, ``meter:``, ``order:``, ``tariff:``, its wallets, its
+  alarms);
+- a reconciliation alarm belongs to an organisation when its subject is one of its meters now or one of its
+  wallets; a meter event when its meter is one of its meters now;
+- a tariff is visible to an organisation when it owns it, or nobody owns it and its meters use it; it is
+  ``shared`` (read-only in the console) when meters of another organisation use it now.
 - an alarm is acknowledged when the audit log holds an ``ack_alarm`` record for it (``alarm_subject``): the
   acknowledgement is its own audit record, so it carries who and why and needs no table of its own.
 """
@@ -27,7 +37,7 @@ import binascii
 import datetime as dt
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
@@ -53,7 +63,7 @@ from powergate.store.tables_commands import meter_commands
 from powergate.store.tables_freeze import monthly_settlements
 from powergate.store.tables_headend import meter_events, meter_status
 from powergate.store.tables_meterside import reconciliation_alarms
-from powergate.store.tables_payments import orders, refunds
+from powergate.store.tables_payments import orders, payment_notifications, refunds
 from powergate.store.tables_structure import (
     accounts,
     audit_log,
@@ -68,7 +78,10 @@ from powergate.store.tables_structure import (
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+MAX_PAGE_ROWS = 200
+"""Bound on a numbered page (the console's lists)."""
 MAX_SEARCH_CHARS = 64
+MAX_SUBJECT_CHARS = 200
 MAX_CURSOR_CHARS = 512
 ACK_ACTION = "ack_alarm"
 T = TypeVar("T")
@@ -175,6 +188,34 @@ def _page(
     return Page([make(row) for row in rows], next_cursor)
 
 
+@dataclass(frozen=True, slots=True)
+class NumberedPage(Generic[T]):
+    """A numbered page (the console's pager): ``total`` rows match the filters; ``offset`` of the first one."""
+
+    rows: list[T]
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def has_next(self) -> bool:
+        return self.offset + len(self.rows) < self.total
+
+    @property
+    def has_previous(self) -> bool:
+        return self.offset > 0
+
+
+def _numbered(
+    conn: Connection, query: Select[Any], order: Sequence[Any], offset: int, limit: int, make: Callable[[Any], T]
+) -> NumberedPage[T]:
+    """Rows ``offset`` .. ``offset + limit`` of ``query`` in ``order``, with the count of all its rows."""
+    limit, offset = max(1, min(limit, MAX_PAGE_ROWS)), max(0, offset)
+    total = int(conn.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one())
+    rows = conn.execute(query.order_by(*order).limit(limit).offset(offset)).all()
+    return NumberedPage([make(row) for row in rows], total, offset, limit)
+
+
 def _like(text: str) -> str:
     """A LIKE pattern for a contains-search, with the pattern characters escaped."""
     clean = text.strip()[:MAX_SEARCH_CHARS].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -219,6 +260,11 @@ def list_sites(
     page = _page(conn, query, [sites.c.id], [int], cursor, limit, lambda r: r, lambda r: [int(r.id)])
     channels = _channels_of(conn, [int(r.id) for r in page.items])
     return Page([_site(r, channels[int(r.id)]) for r in page.items], page.next_cursor)
+
+
+def site_ids(scope: Scope) -> Select[Any]:
+    """The organisation's site ids (a subquery): the scope of what a site owns (charge items, rules, bills)."""
+    return select(sites.c.id).where(sites.c.organisation_id == scope.organisation_id)
 
 
 def get_site(conn: Connection, scope: Scope, site_id: int) -> SiteRow | None:
@@ -387,6 +433,10 @@ class AccountRow:
     created_at: dt.datetime
     opened_at: dt.datetime | None
     closed_at: dt.datetime | None
+    meters: tuple[str, ...] = ()
+    """The meters it holds now (open assignments); filled by ``with_placements``."""
+    rooms: tuple[str, ...] = ()
+    """``building/floor/room`` of each of ``meters``; filled by ``with_placements``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +447,8 @@ class AccountFilter:
     """Account number, name or phone contains this."""
     below_micros: int | None = None
     """Only wallets whose balance is below this (e.g. the lowest warning level)."""
+    search_placements: bool = False
+    """``search`` also matches the meter ids and room numbers of the account's open assignments."""
 
 
 def _accounts_query(scope: Scope) -> Select[Any]:
@@ -414,9 +466,7 @@ def _accounts_query(scope: Scope) -> Select[Any]:
     return query
 
 
-def list_accounts(
-    conn: Connection, scope: Scope, wanted: AccountFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
-) -> Page[AccountRow]:
+def _accounts_wanted(scope: Scope, wanted: AccountFilter) -> Select[Any]:
     query = _accounts_query(scope)
     if wanted.site_id is not None:
         query = query.where(accounts.c.site_id == wanted.site_id)
@@ -425,14 +475,62 @@ def list_accounts(
     if wanted.below_micros is not None:
         query = query.where(ledger_accounts.c.balance_micros < wanted.below_micros)
     if wanted.search:
-        query = query.where(
-            or_(
-                _contains(accounts.c.account_no, wanted.search),
-                _contains(accounts.c.name, wanted.search),
-                _contains(func.coalesce(accounts.c.phone, ""), wanted.search),
+        matches = [
+            _contains(accounts.c.account_no, wanted.search),
+            _contains(accounts.c.name, wanted.search),
+            _contains(func.coalesce(accounts.c.phone, ""), wanted.search),
+        ]
+        if wanted.search_placements:
+            ma = meter_assignments.c
+            placed = (
+                select(ma.account_id)
+                .join(rooms, rooms.c.id == ma.room_id)
+                .where(
+                    ma.valid_to.is_(None),
+                    or_(_contains(ma.meter_id, wanted.search), _contains(rooms.c.number, wanted.search)),
+                )
             )
-        )
+            matches.append(accounts.c.id.in_(placed))
+        query = query.where(or_(*matches))
+    return query
+
+
+def list_accounts(
+    conn: Connection, scope: Scope, wanted: AccountFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
+) -> Page[AccountRow]:
+    """Accounts by id (a keyset page)."""
+    query = _accounts_wanted(scope, wanted)
     return _page(conn, query, [accounts.c.id], [int], cursor, limit, _account, lambda r: [int(r.id)])
+
+
+def number_accounts(
+    conn: Connection, scope: Scope, wanted: AccountFilter, *, offset: int = 0, limit: int = DEFAULT_LIMIT
+) -> NumberedPage[AccountRow]:
+    """Accounts by account number, as a numbered page (the console), each with its placements."""
+    page = _numbered(conn, _accounts_wanted(scope, wanted), [accounts.c.account_no], offset, limit, _account)
+    return NumberedPage(with_placements(conn, page.rows), page.total, page.offset, page.limit)
+
+
+def with_placements(conn: Connection, found: Sequence[AccountRow]) -> list[AccountRow]:
+    """The accounts with the meters they hold now and where (``building/floor/room``), read in one query."""
+    if not found:
+        return []
+    ma = meter_assignments.c
+    query = (
+        select(ma.account_id, ma.meter_id, buildings.c.name, floors.c.name, rooms.c.number)
+        .join(rooms, rooms.c.id == ma.room_id)
+        .join(floors, floors.c.id == rooms.c.floor_id)
+        .join(buildings, buildings.c.id == floors.c.building_id)
+        .where(ma.account_id.in_([a.id for a in found]), ma.valid_to.is_(None))
+        .order_by(ma.meter_id)
+    )
+    placed: dict[int, list[tuple[str, str]]] = {}
+    for account_id, meter_id, building, floor, room in conn.execute(query):
+        placed.setdefault(int(account_id), []).append((str(meter_id), f"{building}/{floor}/{room}"))
+    return [
+        replace(a, meters=tuple(m for m, _ in placed.get(a.id, [])), rooms=tuple(r for _, r in placed.get(a.id, [])))
+        for a in found
+    ]
 
 
 def get_account(conn: Connection, scope: Scope, account_id: int) -> AccountRow | None:
@@ -747,6 +845,8 @@ class OrderFilter:
     until: dt.datetime | None = None
     search: str | None = None
     """Order number, receipt number or account number contains this."""
+    account_no: str | None = None
+    """Exactly this account number."""
 
 
 def _owned(scope: Scope, wallet_column: Any) -> ColumnElement[bool]:
@@ -762,10 +862,7 @@ def _orders_query(scope: Scope) -> Select[Any]:
     return select(orders, *owner).join(accounts, _owned(scope, orders.c.wallet_account_id))
 
 
-def list_orders(
-    conn: Connection, scope: Scope, wanted: OrderFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
-) -> Page[OrderRow]:
-    """Orders, newest first."""
+def _orders_wanted(scope: Scope, wanted: OrderFilter) -> Select[Any]:
     c = orders.c
     query = _orders_query(scope)
     for column, value in (
@@ -788,7 +885,27 @@ def list_orders(
                 _contains(accounts.c.account_no, wanted.search),
             )
         )
+    if wanted.account_no:
+        query = query.where(accounts.c.account_no == wanted.account_no.strip())
+    return query
+
+
+def list_orders(
+    conn: Connection, scope: Scope, wanted: OrderFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
+) -> Page[OrderRow]:
+    """Orders, newest first (by id: a keyset page)."""
+    c = orders.c
+    query = _orders_wanted(scope, wanted)
     return _page(conn, query, [c.id], [int], cursor, limit, _order, lambda r: [int(r.id)], descending=True)
+
+
+def number_orders(
+    conn: Connection, scope: Scope, wanted: OrderFilter, *, offset: int = 0, limit: int = DEFAULT_LIMIT
+) -> NumberedPage[OrderRow]:
+    """Orders, newest first by creation time, as a numbered page (the console)."""
+    c = orders.c
+    order = [c.created_at.desc(), c.id.desc()]
+    return _numbered(conn, _orders_wanted(scope, wanted), order, offset, limit, _order)
 
 
 def get_order(conn: Connection, scope: Scope, order_no: str) -> OrderRow | None:
@@ -832,14 +949,17 @@ class RefundFilter:
     until: dt.datetime | None = None
 
 
+def _refunds_query(scope: Scope) -> Select[Any]:
+    owner = (accounts.c.id.label("account_id"), accounts.c.account_no)
+    return select(refunds, *owner).join(accounts, _owned(scope, refunds.c.wallet_account_id))
+
+
 def list_refunds(
     conn: Connection, scope: Scope, wanted: RefundFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
 ) -> Page[RefundRow]:
     """Refunds, newest first."""
     c = refunds.c
-    query = select(refunds, accounts.c.id.label("account_id"), accounts.c.account_no).join(
-        accounts, _owned(scope, c.wallet_account_id)
-    )
+    query = _refunds_query(scope)
     for column, value in (
         (accounts.c.site_id, wanted.site_id),
         (accounts.c.id, wanted.account_id),
@@ -863,6 +983,46 @@ def _refund(row: Any) -> RefundRow:
     )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class NotificationRow:
+    """A payment notification received for an order, with the verdict on it."""
+
+    channel: str
+    received_at: dt.datetime
+    verdict: str
+    reason: str
+    notification_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderDetail:
+    order: OrderRow
+    refunds: list[RefundRow]
+    """Oldest first."""
+    notifications: list[NotificationRow]
+    """Oldest first."""
+
+
+def get_order_detail(conn: Connection, scope: Scope, order_no: str) -> OrderDetail | None:
+    """The order with its refunds and payment notifications (at most ``MAX_PAGE_ROWS`` of each)."""
+    order = get_order(conn, scope, order_no)
+    if order is None:
+        return None
+    r = refunds.c
+    refund_rows = conn.execute(
+        _refunds_query(scope).where(r.order_no == order_no).order_by(r.created_at, r.id).limit(MAX_PAGE_ROWS)
+    )
+    n = payment_notifications.c
+    notification_rows = conn.execute(
+        select(payment_notifications).where(n.order_no == order_no).order_by(n.received_at, n.id).limit(MAX_PAGE_ROWS)
+    )
+    return OrderDetail(
+        order,
+        [_refund(x) for x in refund_rows],
+        [NotificationRow(x.channel, x.received_at, x.verdict, x.reason, x.notification_id) for x in notification_rows],
+    )
+
+
 # --- tariffs -------------------------------------------------------------------------------------------------
 
 
@@ -876,6 +1036,12 @@ class TariffRow:
     meters: int
     """How many of the organisation's meters use it now."""
     created_at: dt.datetime
+    shared: bool = False
+    """Meters of another organisation use it now: it is read-only here (the console does not edit it)."""
+
+    @property
+    def editable(self) -> bool:
+        return not self.shared
 
 
 def _org_meter_ids(scope: Scope) -> Select[Any]:
@@ -907,9 +1073,16 @@ def _tariffs_query(scope: Scope) -> Select[Any]:
     owned = exists().where(
         tariff_owners.c.tariff_id == tariffs.c.id, tariff_owners.c.organisation_id == scope.organisation_id
     )
+    ma = meter_assignments.c
+    others = (
+        select(ma.meter_id)
+        .join(accounts, accounts.c.id == ma.account_id)
+        .where(accounts.c.organisation_id != scope.organisation_id, ma.valid_to.is_(None))
+    )
+    shared = exists().where(meters.c.tariff_id == tariffs.c.id, meters.c.id.in_(others))
     return select(
         tariffs.c.id, tariffs.c.name, tariffs.c.commodity, tariffs.c.created_at, owned.label("owned"),
-        in_use.label("meters"),
+        in_use.label("meters"), shared.label("shared"),
     ).where(visible_tariffs(scope))  # fmt: skip
 
 
@@ -936,8 +1109,18 @@ def get_tariff(conn: Connection, scope: Scope, tariff_id: str) -> tuple[TariffRo
     return None if row is None else (_tariff(row), str(row.document))
 
 
+def tariffs_with_documents(
+    conn: Connection, scope: Scope, *, limit: int = MAX_PAGE_ROWS
+) -> list[tuple[TariffRow, str]]:
+    """The first ``limit`` tariffs the organisation may see, by id, each with its stored document (the console)."""
+    query = _tariffs_query(scope).add_columns(tariffs.c.document).order_by(tariffs.c.id)
+    return [(_tariff(row), str(row.document)) for row in conn.execute(query.limit(max(1, min(limit, MAX_PAGE_ROWS))))]
+
+
 def _tariff(row: Any) -> TariffRow:
-    return TariffRow(str(row.id), row.name, row.commodity, bool(row.owned), int(row.meters), row.created_at)
+    return TariffRow(
+        str(row.id), row.name, row.commodity, bool(row.owned), int(row.meters), row.created_at, bool(row.shared)
+    )
 
 
 # --- audit ---------------------------------------------------------------------------------------------------
@@ -966,7 +1149,7 @@ def organisation_subjects(scope: Scope) -> Select[Any]:
         .where(accounts.c.organisation_id == org),
         select(_prefixed("tariff:", tariff_owners.c.tariff_id)).where(tariff_owners.c.organisation_id == org),
         select(_prefixed("alarm:reconciliation:", reconciliation_alarms.c.id)).where(
-            reconciliation_alarms.c.subject.in_(_alarm_subjects(scope))
+            reconciliation_alarms.c.subject.in_(alarm_subjects(scope))
         ),
         select(_prefixed("alarm:event:", meter_events.c.id)).where(
             meter_events.c.meter_id.in_(select(meter_assignments.c.meter_id).where(
@@ -977,14 +1160,21 @@ def organisation_subjects(scope: Scope) -> Select[Any]:
     return union_all(*parts)  # type: ignore[return-value]
 
 
-def _org_actor(conn: Connection, scope: Scope) -> ColumnElement[bool]:
-    """The actor is one of the organisation's users: ``user:<name>@<org code>`` (``.../key:<prefix>`` by API key)."""
-    code = conn.execute(select(organisations.c.code).where(organisations.c.id == scope.organisation_id)).scalar()
-    if code is None:
-        return false()
-    escaped = str(code).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def organisation_code(conn: Connection, organisation_id: int) -> str:
+    value = conn.execute(select(organisations.c.code).where(organisations.c.id == organisation_id)).scalar()
+    assert value is not None, f"no organisation {organisation_id}"
+    return str(value)
+
+
+def _organisation_audit(scope: Scope, code: str) -> ColumnElement[bool]:
+    """Audit records of the organisation: written by one of its users (``user:<name>@<code>``, or
+    ``user:<name>@<code>/key:<prefix>`` by API key), or about one of its objects (``organisation_subjects``)."""
     actor = audit_log.c.actor
-    return or_(actor.like(f"%@{escaped}", escape="\\"), actor.like(f"%@{escaped}/%", escape="\\"))
+    return or_(
+        actor.endswith(f"@{code}", autoescape=True),
+        actor.contains(f"@{code}/key:", autoescape=True),
+        audit_log.c.subject.in_(organisation_subjects(scope)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1001,26 +1191,47 @@ class AuditRow:
 @dataclass(frozen=True, slots=True)
 class AuditFilter:
     subject: str | None = None
+    """Exactly this subject."""
     actor: str | None = None
+    """Exactly this actor."""
     action: str | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    subject_contains: str | None = None
+    """The subject contains this (case-insensitive)."""
+    actor_contains: str | None = None
+    """The actor contains this (case-insensitive)."""
 
 
 def list_audit(
     conn: Connection, scope: Scope, wanted: AuditFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
 ) -> Page[AuditRow]:
-    """Audit records of the organisation, newest first."""
+    """Audit records of the organisation, newest first (a keyset page by id)."""
     a = audit_log.c
-    query = select(audit_log).where(or_(_org_actor(conn, scope), a.subject.in_(organisation_subjects(scope))))
+    query = select(audit_log).where(_organisation_audit(scope, organisation_code(conn, scope.organisation_id)))
     for column, value in ((a.subject, wanted.subject), (a.actor, wanted.actor), (a.action, wanted.action)):
         if value is not None:
             query = query.where(column == value)
+    if wanted.subject_contains:
+        query = query.where(a.subject.icontains(wanted.subject_contains[:MAX_SUBJECT_CHARS], autoescape=True))
+    if wanted.actor_contains:
+        query = query.where(a.actor.icontains(wanted.actor_contains[:MAX_SEARCH_CHARS], autoescape=True))
     if wanted.since is not None:
         query = query.where(a.at >= wanted.since)
     if wanted.until is not None:
         query = query.where(a.at < wanted.until)
     return _page(conn, query, [a.id], [int], cursor, limit, _audit, lambda r: [int(r.id)], descending=True)
+
+
+def audit_cursor(before_id: int) -> str:
+    """The cursor of the audit page that starts just before record ``before_id`` (the console's ``before``)."""
+    return encode_cursor([min(before_id, 2**63 - 1)])
+
+
+def audit_actions(conn: Connection) -> list[str]:
+    """The distinct actions in the log (for the filter's choices), bounded."""
+    query = select(audit_log.c.action).distinct().order_by(audit_log.c.action).limit(MAX_PAGE_ROWS)
+    return [str(a) for (a,) in conn.execute(query)]
 
 
 def _audit(row: Any) -> AuditRow:
@@ -1036,13 +1247,12 @@ def alarm_subject(kind: str, alarm_id: int) -> str:
     return f"alarm:{kind}:{alarm_id}"
 
 
-def _alarm_subjects(scope: Scope) -> Select[Any]:
-    """Reconciliation alarm subjects that belong to the organisation (its meters and wallets)."""
-    org_accounts = select(accounts.c.id).where(accounts.c.organisation_id == scope.organisation_id)
+def alarm_subjects(scope: Scope) -> Select[Any]:
+    """Reconciliation alarm subjects that belong to the organisation: its meters now (``meter:<id>``, by
+    ``scope_meter_ids``) and its accounts' wallets."""
+    meter_ids = scope_meter_ids(Scope(scope.organisation_id)).subquery()
     return union_all(
-        select(_prefixed("meter:", meter_assignments.c.meter_id)).where(
-            meter_assignments.c.account_id.in_(org_accounts)
-        ),
+        select(_prefixed("meter:", meter_ids.c.meter_id)),
         select(ledger_accounts.c.code)
         .join(accounts, accounts.c.wallet_account_id == ledger_accounts.c.id)
         .where(accounts.c.organisation_id == scope.organisation_id),
@@ -1066,6 +1276,21 @@ def _with_ack(query: Select[Any], prefix: str, id_column: Any) -> Select[Any]:
     )
 
 
+def _acknowledged(query: Select[Any], prefix: str, id_column: Any, acknowledged: bool | None) -> Select[Any]:
+    """``query`` narrowed to the acknowledged rows (True), the open ones (False) or left as it is (None)."""
+    if acknowledged is None:
+        return query
+    log = audit_log.c
+    acked = exists().where(log.subject == _prefixed(prefix, id_column), log.action == ACK_ACTION)
+    return query.where(acked if acknowledged else ~acked)
+
+
+def _latest(conn: Connection, query: Select[Any], keys: Sequence[Any], limit: int, make: Callable[[Any], T]) -> list[T]:
+    """The first ``limit`` rows of ``query``, newest first by ``keys`` (descending), bounded by ``MAX_PAGE_ROWS``."""
+    query = query.order_by(*(k.desc() for k in keys)).limit(max(1, min(limit, MAX_PAGE_ROWS)))
+    return [make(row) for row in conn.execute(query)]
+
+
 @dataclass(frozen=True, slots=True)
 class ReconciliationAlarmRow:
     id: int
@@ -1082,8 +1307,26 @@ class ReconciliationAlarmRow:
 
 def _recon_query(scope: Scope) -> Select[Any]:
     r = reconciliation_alarms.c
-    query = select(reconciliation_alarms).where(r.subject.in_(_alarm_subjects(scope)))
+    query = select(reconciliation_alarms).where(r.subject.in_(alarm_subjects(scope)))
     return _with_ack(query, "alarm:reconciliation:", r.id)
+
+
+def _recon_wanted(
+    scope: Scope,
+    kind: str | None = None,
+    acknowledged: bool | None = None,
+    since: dt.date | None = None,
+    until: dt.date | None = None,
+) -> Select[Any]:
+    r = reconciliation_alarms.c
+    query = _recon_query(scope)
+    if kind is not None:
+        query = query.where(r.kind == kind)
+    if since is not None:
+        query = query.where(r.day >= since)
+    if until is not None:
+        query = query.where(r.day < until)
+    return _acknowledged(query, "alarm:reconciliation:", r.id, acknowledged)
 
 
 def list_reconciliation_alarms(
@@ -1097,20 +1340,18 @@ def list_reconciliation_alarms(
     cursor: str | None = None,
     limit: int = DEFAULT_LIMIT,
 ) -> Page[ReconciliationAlarmRow]:
+    """Reconciliation alarms, newest first (a keyset page by id)."""
     r = reconciliation_alarms.c
-    query = _recon_query(scope)
-    if kind is not None:
-        query = query.where(r.kind == kind)
-    if since is not None:
-        query = query.where(r.day >= since)
-    if until is not None:
-        query = query.where(r.day < until)
-    if acknowledged is not None:
-        acked = exists().where(
-            audit_log.c.subject == _prefixed("alarm:reconciliation:", r.id), audit_log.c.action == ACK_ACTION
-        )
-        query = query.where(acked if acknowledged else ~acked)
+    query = _recon_wanted(scope, kind, acknowledged, since, until)
     return _page(conn, query, [r.id], [int], cursor, limit, _recon, lambda row: [int(row.id)], descending=True)
+
+
+def latest_reconciliation_alarms(
+    conn: Connection, scope: Scope, *, acknowledged: bool | None = None, limit: int = MAX_PAGE_ROWS
+) -> list[ReconciliationAlarmRow]:
+    """The latest ``limit`` reconciliation alarms, newest first by creation time (the console)."""
+    r = reconciliation_alarms.c
+    return _latest(conn, _recon_wanted(scope, acknowledged=acknowledged), [r.created_at, r.id], limit, _recon)
 
 
 def get_reconciliation_alarm(conn: Connection, scope: Scope, alarm_id: int) -> ReconciliationAlarmRow | None:
@@ -1152,11 +1393,11 @@ class MeterEventRow:
 
 def _events_query(scope: Scope) -> Select[Any]:
     e = meter_events.c
-    query = select(meter_events).where(e.meter_id.in_(_scope_meter_ids(scope)))
+    query = select(meter_events).where(e.meter_id.in_(scope_meter_ids(scope)))
     return _with_ack(query, "alarm:event:", e.id)
 
 
-def _scope_meter_ids(scope: Scope) -> Select[Any]:
+def scope_meter_ids(scope: Scope) -> Select[Any]:
     """Meters whose latest assignment is in the scope."""
     ma = meter_assignments.c
     latest = select(func.max(ma.id).label("id")).group_by(ma.meter_id).subquery()
@@ -1171,6 +1412,27 @@ def _scope_meter_ids(scope: Scope) -> Select[Any]:
     return query
 
 
+def _events_wanted(
+    scope: Scope,
+    meter_id: str | None = None,
+    kind: str | None = None,
+    acknowledged: bool | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> Select[Any]:
+    e = meter_events.c
+    query = _events_query(scope)
+    if meter_id is not None:
+        query = query.where(e.meter_id == meter_id)
+    if kind is not None:
+        query = query.where(e.kind == kind)
+    if since is not None:
+        query = query.where(e.at >= since)
+    if until is not None:
+        query = query.where(e.at < until)
+    return _acknowledged(query, "alarm:event:", e.id, acknowledged)
+
+
 def list_meter_events(
     conn: Connection,
     scope: Scope,
@@ -1183,20 +1445,18 @@ def list_meter_events(
     cursor: str | None = None,
     limit: int = DEFAULT_LIMIT,
 ) -> Page[MeterEventRow]:
+    """Meter events, newest first (a keyset page by id)."""
     e = meter_events.c
-    query = _events_query(scope)
-    if meter_id is not None:
-        query = query.where(e.meter_id == meter_id)
-    if kind is not None:
-        query = query.where(e.kind == kind)
-    if since is not None:
-        query = query.where(e.at >= since)
-    if until is not None:
-        query = query.where(e.at < until)
-    if acknowledged is not None:
-        acked = exists().where(audit_log.c.subject == _prefixed("alarm:event:", e.id), audit_log.c.action == ACK_ACTION)
-        query = query.where(acked if acknowledged else ~acked)
+    query = _events_wanted(scope, meter_id, kind, acknowledged, since, until)
     return _page(conn, query, [e.id], [int], cursor, limit, _event, lambda row: [int(row.id)], descending=True)
+
+
+def latest_meter_events(
+    conn: Connection, scope: Scope, *, acknowledged: bool | None = None, limit: int = MAX_PAGE_ROWS
+) -> list[MeterEventRow]:
+    """The latest ``limit`` meter events, newest first by when they happened (the console)."""
+    e = meter_events.c
+    return _latest(conn, _events_wanted(scope, acknowledged=acknowledged), [e.at, e.id], limit, _event)
 
 
 def get_meter_event(conn: Connection, scope: Scope, event_id: int) -> MeterEventRow | None:
@@ -1260,6 +1520,9 @@ __all__ = [
     "ACK_ACTION",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
+    "MAX_PAGE_ROWS",
+    "MAX_SEARCH_CHARS",
+    "MAX_SUBJECT_CHARS",
     "METER_STATES",
     "AccountFilter",
     "AccountRow",
@@ -1270,6 +1533,9 @@ __all__ = [
     "MeterEventRow",
     "MeterFilter",
     "MeterRow",
+    "NotificationRow",
+    "NumberedPage",
+    "OrderDetail",
     "OrderFilter",
     "OrderRow",
     "Page",
@@ -1286,6 +1552,9 @@ __all__ = [
     "TariffRow",
     "account_meter_ids",
     "alarm_subject",
+    "alarm_subjects",
+    "audit_actions",
+    "audit_cursor",
     "building_in_scope",
     "decode_cursor",
     "encode_cursor",
@@ -1295,10 +1564,13 @@ __all__ = [
     "get_meter",
     "get_meter_event",
     "get_order",
+    "get_order_detail",
     "get_reconciliation_alarm",
     "get_room",
     "get_site",
     "get_tariff",
+    "latest_meter_events",
+    "latest_reconciliation_alarms",
     "list_accounts",
     "list_audit",
     "list_buildings",
@@ -1314,6 +1586,13 @@ __all__ = [
     "list_settlements",
     "list_sites",
     "list_tariffs",
+    "number_accounts",
+    "number_orders",
+    "organisation_code",
     "organisation_subjects",
+    "scope_meter_ids",
+    "site_ids",
+    "tariffs_with_documents",
     "visible_tariffs",
+    "with_placements",
 ]

@@ -43,7 +43,7 @@ from powergate.domain.tariff import (
     Tariff,
 )
 from powergate.domain.tariff_files import detect_format, parse_readings, parse_tariff
-from powergate.services import backoffice
+from powergate.services import backoffice, queries
 from powergate.store.audit import MAX_REASON_CHARS, record_audit
 from powergate.store.tables import tariffs
 from powergate.store.tables_api import tariff_owners
@@ -358,19 +358,17 @@ def add_version(
     now: dt.datetime,
 ) -> Saved | list[FieldProblem] | None:
     """Append a version to a tariff the organisation may edit; ``None`` if it cannot see the tariff."""
-    lines = backoffice.list_tariffs(conn, organisation_id, tariff_id)
-    if not lines:
+    visible = queries.get_tariff(conn, queries.Scope(organisation_id), tariff_id)
+    if visible is None:
         return None
-    line = lines[0]
+    line, document = visible
     if not line.editable:
         return [FieldProblem(FORM_FIELD, f"tariff {tariff_id} is shared with another organisation; it is read-only")]
     problems: list[FieldProblem] = []
     reason_problem = _check_reason(reason)
     if reason_problem is not None:
         problems.append(reason_problem)
-    candidate, tariff, index, found = propose_version(
-        line.document, form, f"added by {actor} at {now:%Y-%m-%d %H:%M} UTC"
-    )
+    candidate, tariff, index, found = propose_version(document, form, f"added by {actor} at {now:%Y-%m-%d %H:%M} UTC")
     problems.extend(found)
     if tariff is not None:
         late = _future_problem(conn, tariff_id, tariff.versions[index].effective_from, now)
@@ -380,7 +378,7 @@ def add_version(
         return problems
     assert tariff is not None
     stored = conn.execute(
-        update(tariffs).where(tariffs.c.id == tariff_id, tariffs.c.document == line.document).values(document=candidate)
+        update(tariffs).where(tariffs.c.id == tariff_id, tariffs.c.document == document).values(document=candidate)
     )
     if stored.rowcount != 1:
         return [FieldProblem(FORM_FIELD, "the tariff was changed by someone else just now; reload and try again")]
@@ -388,7 +386,7 @@ def add_version(
         "version": index,
         "effective_from": tariff.versions[index].effective_from.isoformat(timespec="minutes"),
         "pricing": form.pricing,
-        "document_before": _sha(line.document),
+        "document_before": _sha(document),
         "document_after": _sha(candidate),
     }
     record_audit(conn, actor, "add_tariff_version", f"tariff:{tariff_id}", reason.strip(), detail, now)

@@ -9,8 +9,8 @@ that makes it (through ``powergate.services.accounts``, ``services.prepaid`` and
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -47,6 +47,7 @@ from powergate.web.api._common import (
     rejected,
     scope_of,
 )
+from powergate.web.api._models import mirror
 from powergate.web.idempotency import idempotent
 
 router = APIRouter(tags=["accounts"], responses=ERRORS)
@@ -54,21 +55,9 @@ MAX_MICROS = 10**15
 MAX_WARNING_LEVELS = 16
 
 
+@mirror(queries.AccountRow, exclude=["wallet_account_id", "meters", "rooms"])
 class AccountOut(Model):
-    id: int
-    account_no: str
-    name: str
-    phone: str | None
-    email: str | None
-    state: str
-    site_id: int
-    site: str
-    wallet: str
-    balance_micros: int
-    overdraft_limit_micros: int
-    created_at: dt.datetime
-    opened_at: dt.datetime | None
-    closed_at: dt.datetime | None
+    pass
 
 
 class ForecastOut(BaseModel):
@@ -79,14 +68,9 @@ class ForecastOut(BaseModel):
     text_zh: str
 
 
-class PolicyOut(BaseModel):
-    warning_levels_micros: list[int] | None
-    """The wallet's own levels; null: its tariff plan's levels, else the defaults (50 / 20 / 10 yuan)."""
-    reconnect_micros: int
-    power_protect: bool
-    temporary_until: dt.datetime | None
-    friendly_window: str
-    billing_mode: str
+@mirror(prepaid.WalletPolicy)
+class PolicyOut(Model):
+    pass
 
 
 class AccountDetailOut(AccountOut):
@@ -130,7 +114,7 @@ class PolicyIn(BaseModel):
     reason: Reason
 
 
-class ClosedOut(BaseModel):
+class ClosedOut(Model):
     account_id: int
     settled: bool
     balance_micros: int
@@ -188,14 +172,7 @@ def get_account(account_id: IdPath, who: Anyone, engine: DbEngine) -> AccountDet
                 text_en=forecast.text("en"),
                 text_zh=forecast.text("zh"),
             ),
-            "policy": PolicyOut(
-                warning_levels_micros=_levels(policy.warning_levels_micros),
-                reconnect_micros=policy.reconnect_micros,
-                power_protect=policy.power_protect,
-                temporary_until=policy.temporary_until,
-                friendly_window=policy.friendly_window,
-                billing_mode=policy.billing_mode,
-            ),
+            "policy": _policy_out(policy),
             "supply_on": None if state is None else state.supply_on,
             "meter_ids": meter_ids,
         }
@@ -239,16 +216,7 @@ async def close_account(
         )
         if isinstance(done, accounts_service.Rejected):
             return 409, {"detail": str(done)}
-        out = ClosedOut(
-            account_id=done.account_id,
-            settled=done.settled,
-            balance_micros=done.balance_micros,
-            refunded_micros=done.refunded_micros,
-            written_off_micros=done.written_off_micros,
-            left_micros=done.left_micros,
-            final_readings_wh=done.final_readings_wh,
-        )
-        return 200, ok_json(out)
+        return 200, ok_json(ClosedOut.model_validate(done))
 
     async def run() -> tuple[int, Any]:
         return await run_in_threadpool(close)
@@ -311,14 +279,7 @@ def set_policy(account_id: IdPath, body: PolicyIn, who: Operator, engine: DbEngi
         record_audit(conn, who.actor, "set_policy", f"account:{account_id}", body.reason, detail, now)
         prepaid.evaluate(conn, [account.wallet_account_id], now)
         stored = prepaid.get_policy(conn, account.wallet_account_id)
-    return PolicyOut(
-        warning_levels_micros=_levels(stored.warning_levels_micros),
-        reconnect_micros=stored.reconnect_micros,
-        power_protect=stored.power_protect,
-        temporary_until=stored.temporary_until,
-        friendly_window=stored.friendly_window,
-        billing_mode=stored.billing_mode,
-    )
+    return _policy_out(stored)
 
 
 @router.post("/accounts/{account_id}/recharge", response_model=RechargeOut)
@@ -367,6 +328,14 @@ async def _require_account(engine: Any, who: Any, account_id: int) -> queries.Ac
             return queries.get_account(conn, scope_of(who), account_id)
 
     return found(await run_in_threadpool(lookup), "account", account_id)
+
+
+def _policy_out(policy: prepaid.WalletPolicy) -> PolicyOut:
+    """The policy as answered: its warning levels highest first."""
+    levels = policy.warning_levels_micros
+    return PolicyOut.model_validate(
+        replace(policy, warning_levels_micros=None if levels is None else tuple(sorted(levels, reverse=True)))
+    )
 
 
 def _levels(levels: Sequence[int] | None) -> list[int] | None:

@@ -38,6 +38,7 @@ from powergate.web.api._common import (
     scope_of,
     window,
 )
+from powergate.web.api._models import mirror
 from powergate.web.api.meters import MeterOut
 from powergate.web.deps import Principal, Role, require
 
@@ -48,28 +49,14 @@ ReconciliationKind = Literal["purchase_count_behind", "purchase_count_ahead", "r
 assert set(ReconciliationKind.__args__) == set(ALARM_KINDS)  # type: ignore[attr-defined]
 
 
+@mirror(queries.ReconciliationAlarmRow)
 class ReconciliationAlarmOut(Model):
-    id: int
-    day: dt.date
-    subject: str
-    kind: str
-    expected: int | None
-    actual: int | None
-    message: str
-    created_at: dt.datetime
-    acknowledged_at: dt.datetime | None
-    acknowledged_by: str | None
+    pass
 
 
+@mirror(queries.MeterEventRow)
 class MeterEventOut(Model):
-    id: int
-    meter_id: str
-    kind: str
-    at: dt.datetime
-    recorded_at: dt.datetime
-    detail: str
-    acknowledged_at: dt.datetime | None
-    acknowledged_by: str | None
+    pass
 
 
 class AckIn(BaseModel):

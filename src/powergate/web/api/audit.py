@@ -7,8 +7,7 @@ whose actor is one of the organisation's users or whose subject names one of its
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -27,19 +26,15 @@ from powergate.web.api._common import (
     scope_of,
     window,
 )
+from powergate.web.api._models import mirror
 
 router = APIRouter(tags=["audit"], responses=ERRORS)
 AuditText = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
 
 
+@mirror(queries.AuditRow)
 class AuditOut(Model):
-    id: int
-    at: dt.datetime
-    actor: str
-    action: str
-    subject: str
-    reason: str
-    detail: dict[str, Any]
+    pass
 
 
 @router.get("/audit", response_model=PageOut[AuditOut])

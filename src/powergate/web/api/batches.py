@@ -26,6 +26,7 @@ from powergate.web.api._common import (
     NO_NUL,
     DbEngine,
     IdPath,
+    Model,
     Now,
     Reason,
     StaffReader,
@@ -34,6 +35,7 @@ from powergate.web.api._common import (
     one_of,
     problem,
 )
+from powergate.web.api._models import mirror
 from powergate.web.deps import Principal, Role, require
 from powergate.web.idempotency import idempotent
 
@@ -94,14 +96,12 @@ class ReasonIn(BaseModel):
     reason: Reason
 
 
-class PreviewOut(BaseModel):
-    count: int
-    skipped: int
-    sample: list[str]
-    target_kind: str
+@mirror(batch.Preview)
+class PreviewOut(Model):
+    pass
 
 
-class BatchOut(BaseModel):
+class BatchOut(Model):
     id: int
     operation: str
     parameters: dict[str, Any]
@@ -128,18 +128,9 @@ class BatchPage(BaseModel):
     next_before_id: int | None = None
 
 
-class TargetOut(BaseModel):
-    id: int
-    position: int
-    meter_id: str | None
-    account_id: int | None
-    label: str
-    link_id: str
-    state: str
-    attempt: int
-    command_ids: list[str]
-    result: str | None
-    updated_at: dt.datetime
+@mirror(batch.TargetView)
+class TargetOut(Model):
+    pass
 
 
 class TagsIn(BaseModel):
@@ -155,30 +146,6 @@ class TagsOut(BaseModel):
 class TagCountOut(BaseModel):
     tag: str
     accounts: int
-
-
-def batch_out(view: batch.BatchView) -> BatchOut:
-    return BatchOut(
-        id=view.id,
-        operation=view.operation,
-        parameters=view.parameters,
-        selection=view.selection,
-        target_kind=view.target_kind,
-        state=view.state,
-        run_at=view.run_at,
-        reason=view.reason,
-        created_by=view.created_by,
-        created_at=view.created_at,
-        started_at=view.started_at,
-        finished_at=view.finished_at,
-        total=view.total,
-        counts=view.counts,
-        finished=view.finished,
-        progress_percent=view.progress_percent,
-        max_in_flight_per_link=view.max_in_flight_per_link,
-        command_valid_s=view.command_valid_s,
-        retries=view.retries,
-    )
 
 
 def _refusal(refused: Rejected) -> HTTPException:
@@ -235,9 +202,7 @@ def preview_batch(body: PreviewIn, who: StaffReader, engine: DbEngine) -> Previe
         found = batch.preview(conn, who.organisation_id, body.operation, body.selection.to_selection())
     if isinstance(found, Rejected):
         raise _refusal(found)
-    return PreviewOut(
-        count=found.count, skipped=found.skipped, sample=list(found.sample), target_kind=found.target_kind
-    )
+    return PreviewOut.model_validate(found)
 
 
 @router.post("/batches", response_model=BatchOut, status_code=201)
@@ -250,7 +215,7 @@ async def create_batch(body: BatchIn, request: Request, who: BatchWriter, engine
         made = create_and_start(engine, new, now)
         if isinstance(made, Rejected):
             return 422, {"detail": f"{made.field}: {made.message}"}
-        return 201, ok_json(batch_out(made))
+        return 201, ok_json(BatchOut.model_validate(made))
 
     async def run() -> tuple[int, Any]:
         return await run_in_threadpool(work)
@@ -272,7 +237,9 @@ def list_batches(
     one_of(state, BATCH_STATES, "state")
     with engine.connect() as conn:
         found = batch.list_batches(conn, who.organisation_id, state=state, limit=limit, before_id=before_id)
-    return BatchPage(items=[batch_out(v) for v in found], next_before_id=found[-1].id if len(found) == limit else None)
+    return BatchPage(
+        items=[BatchOut.model_validate(v) for v in found], next_before_id=found[-1].id if len(found) == limit else None
+    )
 
 
 @router.get("/batches/{batch_id}", response_model=BatchOut)
@@ -281,7 +248,7 @@ def get_batch(batch_id: IdPath, who: StaffReader, engine: DbEngine) -> BatchOut:
         found = batch.get_batch(conn, who.organisation_id, batch_id)
     if found is None:
         raise not_found("batch", batch_id)
-    return batch_out(found)
+    return BatchOut.model_validate(found)
 
 
 @router.get("/batches/{batch_id}/targets", response_model=list[TargetOut])
@@ -299,22 +266,7 @@ def list_targets(
         found = batch.list_targets(conn, who.organisation_id, batch_id, state=state, limit=limit, offset=offset)
     if found is None:
         raise not_found("batch", batch_id)
-    return [
-        TargetOut(
-            id=t.id,
-            position=t.position,
-            meter_id=t.meter_id,
-            account_id=t.account_id,
-            label=t.label,
-            link_id=t.link_id,
-            state=t.state,
-            attempt=t.attempt,
-            command_ids=list(t.command_ids),
-            result=t.result,
-            updated_at=t.updated_at,
-        )
-        for t in found
-    ]
+    return [TargetOut.model_validate(target) for target in found]
 
 
 async def _change(request: Request, who: Principal, engine: Any, batch_id: int, action: Any) -> Response:
@@ -333,7 +285,7 @@ async def _change(request: Request, who: Principal, engine: Any, batch_id: int, 
             done = action(conn)
         if isinstance(done, Rejected):
             return (409 if done.field == "state" else 422), {"detail": f"{done.field}: {done.message}"}
-        return 200, ok_json(batch_out(done))
+        return 200, ok_json(BatchOut.model_validate(done))
 
     async def run() -> tuple[int, Any]:
         return await run_in_threadpool(work)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from powergate.domain.billing import Basis, Frequency, Method, Schedule, Source
-from powergate.services import billing, billing_queries
+from powergate.services import billing, billing_queries, queries
 from powergate.services.accounts import Rejected
 from powergate.store.tables_billing import BILL_STATES
 from powergate.web.api._common import (
@@ -32,6 +32,7 @@ from powergate.web.api._common import (
     DbEngine,
     Finance,
     IdPath,
+    Model,
     Now,
     Operator,
     Reason,
@@ -40,7 +41,9 @@ from powergate.web.api._common import (
     ok_json,
     one_of,
     problem,
+    scope_of,
 )
+from powergate.web.api._models import mirror
 from powergate.web.deps import Principal, Role
 from powergate.web.idempotency import idempotent
 
@@ -61,7 +64,7 @@ def _refused(done: Rejected) -> HTTPException:
 
 def _site(engine: Any, who: Principal, site_id: int) -> None:
     with engine.connect() as conn:
-        if not billing_queries.site_in_org(conn, who.organisation_id, site_id):
+        if queries.get_site(conn, scope_of(who), site_id) is None:
             raise not_found("site", site_id)
 
 
@@ -85,28 +88,16 @@ class ChargeItemIn(BaseModel):
     )
 
 
-class ChargeItemOut(BaseModel):
-    id: int
-    site_id: int
-    code: str
-    name: str
-    basis: str
-    rate_micros: int
-    frequency: str
-    start_on: dt.date
-    due_day: int
-    end_on: dt.date | None
-    collection: str
-    scope: str
-    scope_ids: list[int]
-    active: bool
+@mirror(billing_queries.ChargeItemLine)
+class ChargeItemOut(Model):
+    pass
 
 
 @router.get("/charge-items", response_model=list[ChargeItemOut])
 def list_charge_items(who: StaffReader, engine: DbEngine, site_id: SiteQuery = None) -> list[ChargeItemOut]:
     with engine.connect() as conn:
         lines = billing_queries.charge_item_lines(conn, who.organisation_id, site_id)
-    return [ChargeItemOut.model_validate(line, from_attributes=True) for line in lines]
+    return [ChargeItemOut.model_validate(line) for line in lines]
 
 
 @router.post("/charge-items", response_model=ChargeItemOut, status_code=201)
@@ -130,14 +121,12 @@ def create_charge_item(body: ChargeItemIn, who: Operator, engine: DbEngine, now:
         (line,) = [
             i for i in billing_queries.charge_item_lines(conn, who.organisation_id, body.site_id) if i.id == made
         ]
-    return ChargeItemOut.model_validate(line, from_attributes=True)
+    return ChargeItemOut.model_validate(line)
 
 
-class ChargeRunOut(BaseModel):
-    charged: int
-    amount_micros: int
-    skipped: int
-    problems: list[str]
+@mirror(billing.ChargeRun)
+class ChargeRunOut(Model):
+    pass
 
 
 class SiteIn(BaseModel):
@@ -151,10 +140,7 @@ async def run_charges(body: SiteIn, request: Request, who: Operator, engine: DbE
 
     def work() -> tuple[int, Any]:
         run = billing.run_charges(engine, now, site_id=body.site_id)
-        out = ChargeRunOut(
-            charged=run.charged, amount_micros=run.amount_micros, skipped=run.skipped, problems=run.problems
-        )
-        return 200, ok_json(out)
+        return 200, ok_json(ChargeRunOut.model_validate(run))
 
     return await idempotent(request, who, lambda: run_in_threadpool(work))
 
@@ -198,55 +184,29 @@ class RuleIn(VersionIn):
     name: Name
 
 
-class VersionOut(BaseModel):
-    version: int
-    valid_from: dt.date
-    master_meter_id: str
-    source: str
-    sub_meters: list[str]
-    method: str
-    participants: list[tuple[int, int]]
-    price_micros_per_kwh: int | None
-    collection: str
-    created_by: str
-    reason: str
+@mirror(billing_queries.VersionLine)
+class VersionOut(Model):
+    pass
 
 
-class RunOut(BaseModel):
-    month: dt.date
-    version: int
-    master_wh: int
-    sub_meters_wh: int
-    energy_wh: int
-    amount_micros: int
-    weight_total: int
-    created_by: str
+@mirror(billing_queries.RunLine)
+class RunOut(Model):
+    pass
 
 
-class RuleOut(BaseModel):
-    id: int
-    site_id: int
-    code: str
-    name: str
-    versions: list[VersionOut]
-    runs: list[RunOut]
+@mirror(billing_queries.RuleLine)
+class RuleOut(Model):
+    pass
 
 
-class ShareOut(BaseModel):
-    account_id: int
-    account_no: str
-    weight: int
-    energy_wh: int
-    amount_micros: int
-    how: str
+@mirror(billing_queries.ShareLine)
+class ShareOut(Model):
+    pass
 
 
-class MonthOut(BaseModel):
-    rule_id: int
-    run: RunOut
-    method: str
-    source: str
-    shares: list[ShareOut]
+@mirror(billing_queries.MonthResult)
+class MonthOut(Model):
+    pass
 
 
 class MonthIn(BaseModel):
@@ -257,14 +217,14 @@ def _rule_out(conn: Any, who: Principal, rule_id: int) -> RuleOut:
     found = billing_queries.rule_lines(conn, who.organisation_id, rule_id=rule_id)
     if not found:
         raise not_found("rule", rule_id)
-    return RuleOut.model_validate(found[0], from_attributes=True)
+    return RuleOut.model_validate(found[0])
 
 
 @router.get("/rules", response_model=list[RuleOut])
 def list_rules(who: StaffReader, engine: DbEngine, site_id: SiteQuery = None) -> list[RuleOut]:
     with engine.connect() as conn:
         lines = billing_queries.rule_lines(conn, who.organisation_id, site_id)
-    return [RuleOut.model_validate(line, from_attributes=True) for line in lines]
+    return [RuleOut.model_validate(line) for line in lines]
 
 
 @router.get("/rules/{rule_id}", response_model=RuleOut)
@@ -313,7 +273,7 @@ def _month_out(engine: Any, who: Principal, rule_id: int, month: dt.date, accoun
         found = billing_queries.month_result(conn, who.organisation_id, rule_id, month, account_id)
     if found is None:
         raise not_found("month", f"{month:%Y-%m} of rule {rule_id}")
-    return MonthOut.model_validate(found, from_attributes=True)
+    return MonthOut.model_validate(found)
 
 
 @router.post("/rules/{rule_id}/runs", response_model=MonthOut)
@@ -371,7 +331,7 @@ def list_shares(
     if account_id is None:
         raise problem("account_id", "which account's shares?")
     with engine.connect() as conn:
-        if not billing_queries.account_in_org(conn, who.organisation_id, account_id):
+        if queries.get_account(conn, scope_of(who), account_id) is None:
             raise not_found("account", account_id)
         rows = billing_queries.tenant_shares(conn, account_id)
     return [TenantShareOut.model_validate(row) for row in rows]
@@ -380,17 +340,12 @@ def list_shares(
 # --- bills -------------------------------------------------------------------------------------------------
 
 
-class BillLineOut(BaseModel):
-    line_no: int
-    kind: str
-    description: str
-    quantity_wh: int | None
-    amount_micros: int
-    posted: bool
-    detail: dict[str, Any]
+@mirror(billing.BillLine)
+class BillLineOut(Model):
+    pass
 
 
-class BillOut(BaseModel):
+class BillOut(Model):
     bill_no: str
     site_id: int
     account_id: int
@@ -404,24 +359,6 @@ class BillOut(BaseModel):
     due_on: dt.date | None
     order_no: str | None
     lines: list[BillLineOut]
-
-
-def bill_out(bill: billing.Bill) -> BillOut:
-    return BillOut(
-        bill_no=bill.bill_no,
-        site_id=bill.site_id,
-        account_id=bill.account_id,
-        account_no=bill.account_no,
-        kind=bill.kind,
-        period_first=bill.period_first,
-        period_last=bill.period_last,
-        state=bill.state,
-        amount_micros=bill.amount_micros,
-        amount_fen=bill.amount_fen,
-        due_on=bill.due_on,
-        order_no=bill.order_no,
-        lines=[BillLineOut.model_validate(line, from_attributes=True) for line in bill.lines],
-    )
 
 
 def _tenant_account(who: Principal) -> int | None:
@@ -444,7 +381,7 @@ def list_bills(
         found = billing_queries.org_bills(
             conn, who.organisation_id, site_id=site_id, state=state, account_id=account_id, limit=limit
         )
-    return [bill_out(b) for b in found]
+    return [BillOut.model_validate(b) for b in found]
 
 
 def _export(found: list[billing.Bill], language: str, title: str, filename: str) -> Response:
@@ -474,7 +411,7 @@ def export_bills(
 def list_arrears(who: StaffReader, engine: DbEngine, site_id: SiteQuery = None) -> list[BillOut]:
     """Issued and overdue bills not yet paid, oldest due first."""
     with engine.connect() as conn:
-        return [bill_out(b) for b in billing_queries.org_arrears(conn, who.organisation_id, site_id)]
+        return [BillOut.model_validate(b) for b in billing_queries.org_arrears(conn, who.organisation_id, site_id)]
 
 
 @router.get("/arrears.xlsx", response_class=Response, responses={200: {"content": {XLSX: {}}}})
@@ -490,7 +427,7 @@ def get_bill(bill_no: BillNo, who: Anyone, engine: DbEngine) -> BillOut:
         found = billing_queries.org_bill(conn, who.organisation_id, bill_no, _tenant_account(who))
     if found is None:
         raise not_found("bill", bill_no)
-    return bill_out(found)
+    return BillOut.model_validate(found)
 
 
 class StepIn(BaseModel):
@@ -505,7 +442,7 @@ def _move(step: str, bill_no: str, body: StepIn, who: Principal, engine: Any, no
         done = action(conn, bill_no, actor=who.actor, reason=body.reason, now=now)
         if isinstance(done, Rejected):
             raise _refused(done)
-    return bill_out(done)
+    return BillOut.model_validate(done)
 
 
 @router.post("/bills/{bill_no}/confirm", response_model=BillOut)
@@ -546,7 +483,7 @@ async def pay_bill(
                 return 404, {"detail": f"bill {bill_no} not found"}
             status = 409 if done.field == "state" or "already" in done.message else 422
             return status, {"detail": f"{done.field}: {done.message}"}
-        return 200, ok_json(bill_out(done))
+        return 200, ok_json(BillOut.model_validate(done))
 
     return await idempotent(request, who, lambda: run_in_threadpool(work))
 
@@ -557,9 +494,9 @@ class DraftIn(BaseModel):
     last: dt.date
 
 
-class DraftOut(BaseModel):
-    bills: list[str]
-    problems: list[str]
+@mirror(billing.DraftResult)
+class DraftOut(Model):
+    pass
 
 
 @router.post("/postpaid/drafts", response_model=DraftOut)
@@ -571,6 +508,6 @@ async def draft_bills(body: DraftIn, request: Request, who: Operator, engine: Db
         done = billing.draft_postpaid_bills(engine, body.site_id, body.first, body.last, actor=who.actor, now=now)
         if isinstance(done, Rejected):
             return 422, {"detail": f"{done.field}: {done.message}"}
-        return 200, ok_json(DraftOut(bills=list(done.bills), problems=list(done.problems)))
+        return 200, ok_json(DraftOut.model_validate(done))
 
     return await idempotent(request, who, lambda: run_in_threadpool(work))

@@ -6,18 +6,25 @@ Every operation is an operator's (or admin's), needs a ``reason`` (audited with 
 that queues the command: ``powergate.services.prepaid``), and runs inside ``idempotent`` (header
 ``Idempotency-Key``): a retried request queues nothing twice. The answer is 202 with the queued command(s);
 poll ``GET /api/v1/commands/{id}`` for pending -> sent -> acked -> verified (or failed / expired / cancelled).
+
+Each operation is one small function registered with ``@remote``: the route (its own path, body schema,
+summary and description in the OpenAPI document), the role, scope and body checks, the idempotency and the
+answer are the same for all, written once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 from collections.abc import Callable
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from powergate.headend.commands import Enqueued, Problem
@@ -44,6 +51,7 @@ from powergate.web.api._common import (
     paged,
     scope_of,
 )
+from powergate.web.api._models import mirror
 from powergate.web.deps import Principal
 from powergate.web.idempotency import idempotent
 
@@ -55,21 +63,9 @@ KindQuery = Annotated[str | None, Query(max_length=24, description=f"one of {', 
 StateQuery = Annotated[str | None, Query(max_length=12, description=f"one of {', '.join(COMMAND_STATES)}")]
 
 
+@mirror(queries.CommandRow)
 class CommandOut(Model):
-    id: str
-    meter_id: str
-    kind: str
-    parameters: dict[str, Any]
-    state: str
-    attempts: int
-    max_attempts: int
-    requested_by: str
-    reason: str
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    valid_until: dt.datetime
-    last_error: str | None
-    result: str | None
+    pass
 
 
 class QueuedOut(BaseModel):
@@ -140,16 +136,70 @@ def get_command(command_id: KeyPath, who: StaffReader, engine: DbEngine) -> Comm
         )
 
 
-def _operator(who: Principal, reason: str) -> prepaid.Operator:
-    return prepaid.Operator(who.actor, reason)
+B = TypeVar("B", bound=BaseModel)
+Outcome = Enqueued | list[Enqueued] | Problem
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[B]):
+    """What one remote operation runs with: the checked body, its target (the meter id, or the account's
+    wallet), the operator and reason, the request's time and command id."""
+
+    engine: Engine
+    body: B
+    target: str
+    operator: prepaid.Operator
+    now: dt.datetime
+    request_id: str | None
+    """From the ``Idempotency-Key``: an operation that passes it on queues the same command when retried."""
+    prepared: Any
+    """What the operation's ``prepare`` made of the body (None without one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a remote operation acts on: a meter (by id) or an account (its wallet's meters)."""
+
+    parameter: str
+    annotation: Any
+    check: Callable[[Engine, Principal, Any], object]
+    """404 unless the target is in the caller's scope (runs before the idempotent part)."""
+    subject: Callable[[Engine, Principal, Any], str]
+    """What the service operates on: the meter id, or the account's wallet."""
+
+
+def _meter_in_scope(engine: Engine, who: Principal, meter_id: str) -> object:
+    with engine.connect() as conn:
+        return found(queries.get_meter(conn, scope_of(who), meter_id), "meter", meter_id)
+
+
+def _account_in_scope(engine: Engine, who: Principal, account_id: int) -> object:
+    with engine.connect() as conn:
+        return found(queries.get_account(conn, scope_of(who), account_id), "account", account_id)
+
+
+def _wallet_of(engine: Engine, who: Principal, account_id: int) -> str:
+    with engine.connect() as conn:
+        account = queries.get_account(conn, scope_of(who), account_id)
+    assert account is not None, "checked before"
+    return account.wallet
+
+
+METER = Target("meter_id", MeterIdPath, _meter_in_scope, lambda engine, who, meter_id: meter_id)
+ACCOUNT = Target("account_id", IdPath, _account_in_scope, _wallet_of)
+
+
+def _request_id(request: Request, who: Principal) -> str | None:
+    """A command id from the caller's idempotency key: the same request retried queues the same command."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    scoped = f"{who.organisation_id}\n{who.user_id}\n{request.url.path}\n{key}".encode()
+    return f"api-{hashlib.sha256(scoped).hexdigest()[:32]}"
 
 
 async def _queue(
-    request: Request,
-    who: Principal,
-    engine: Any,
-    check: Callable[[], object],
-    operate: Callable[[], Enqueued | list[Enqueued] | Problem],
+    request: Request, who: Principal, engine: Engine, check: Callable[[], object], operate: Callable[[], Outcome]
 ) -> Response:
     """Check the target is in scope (404 otherwise), then run the operation idempotently; 202 with the commands."""
     await run_in_threadpool(check)
@@ -174,142 +224,93 @@ async def _queue(
     return await idempotent(request, who, run)
 
 
-def _meter_check(engine: Any, who: Principal, meter_id: str) -> Callable[[], object]:
-    def check() -> object:
-        with engine.connect() as conn:
-            return found(queries.get_meter(conn, scope_of(who), meter_id), "meter", meter_id)
+def remote(
+    target: Target, path: str, body: type[B], prepare: Callable[[B], Any] | None = None
+) -> Callable[[Callable[[Call[B]], Outcome]], Callable[[Call[B]], Outcome]]:
+    """Register ``POST path`` for an operation: its name is the route's (operationId, summary), its docstring
+    the description. The route checks the body (``prepare``: a 422 before anything is stored), then that the
+    target is in scope (404), then runs the operation inside ``idempotent``; an operator's or admin's."""
 
-    return check
+    def register(operation: Callable[[Call[B]], Outcome]) -> Callable[[Call[B]], Outcome]:
+        async def endpoint(**given: Any) -> Response:
+            key, checked, request, who, engine = (
+                given[n] for n in (target.parameter, "body", "request", "who", "engine")
+            )
+            prepared = None if prepare is None else prepare(checked)
+            request_id = _request_id(request, who)
+
+            def operate() -> Outcome:
+                subject = target.subject(engine, who, key)
+                operator = prepaid.Operator(who.actor, checked.reason)
+                return operation(Call(engine, checked, subject, operator, given["now"], request_id, prepared))
+
+            return await _queue(request, who, engine, lambda: target.check(engine, who, key), operate)
+
+        parameters = [
+            (target.parameter, target.annotation),
+            ("body", body),
+            ("request", Request),
+            ("who", Operator),
+            ("engine", DbEngine),
+            ("now", Now),
+        ]
+        endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind) for name, kind in parameters],
+            return_annotation=Response,
+        )
+        endpoint.__name__ = endpoint.__qualname__ = operation.__name__
+        endpoint.__doc__ = operation.__doc__
+        router.post(path, response_model=QueuedOut, status_code=202)(endpoint)
+        return operation
+
+    return register
 
 
-def _request_id(request: Request, who: Principal) -> str | None:
-    """A command id from the caller's idempotency key: the same request retried queues the same command."""
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    scoped = f"{who.organisation_id}\n{who.user_id}\n{request.url.path}\n{key}".encode()
-    return f"api-{hashlib.sha256(scoped).hexdigest()[:32]}"
-
-
-@router.post("/meters/{meter_id}/commands/trip", response_model=QueuedOut, status_code=202)
-async def trip(
-    meter_id: MeterIdPath, body: ReasonIn, request: Request, who: Operator, engine: DbEngine, now: Now
-) -> Response:
+@remote(METER, "/meters/{meter_id}/commands/trip", ReasonIn)
+def trip(c: Call[ReasonIn]) -> Outcome:
     """分闸: open the meter's relay (supply off)."""
-    request_id = _request_id(request, who)
-    return await _queue(
-        request,
-        who,
-        engine,
-        _meter_check(engine, who, meter_id),
-        lambda: prepaid.trip(engine, meter_id, _operator(who, body.reason), now, request_id),
-    )
+    return prepaid.trip(c.engine, c.target, c.operator, c.now, c.request_id)
 
 
-@router.post("/meters/{meter_id}/commands/close", response_model=QueuedOut, status_code=202)
-async def close(
-    meter_id: MeterIdPath, body: ReasonIn, request: Request, who: Operator, engine: DbEngine, now: Now
-) -> Response:
+@remote(METER, "/meters/{meter_id}/commands/close", ReasonIn)
+def close(c: Call[ReasonIn]) -> Outcome:
     """合闸: close the meter's relay (supply on)."""
-    request_id = _request_id(request, who)
-    return await _queue(
-        request,
-        who,
-        engine,
-        _meter_check(engine, who, meter_id),
-        lambda: prepaid.close(engine, meter_id, _operator(who, body.reason), now, request_id),
-    )
+    return prepaid.close(c.engine, c.target, c.operator, c.now, c.request_id)
 
 
-@router.post("/meters/{meter_id}/commands/alarm-amounts", response_model=QueuedOut, status_code=202)
-async def alarm_amounts(
-    meter_id: MeterIdPath, body: AlarmAmountsIn, request: Request, who: Operator, engine: DbEngine, now: Now
-) -> Response:
+@remote(METER, "/meters/{meter_id}/commands/alarm-amounts", AlarmAmountsIn)
+def alarm_amounts(c: Call[AlarmAmountsIn]) -> Outcome:
     """The meter's own alarm amounts 1 and 2 (meter-side billing); alarm2 <= alarm1."""
-    return await _queue(
-        request,
-        who,
-        engine,
-        _meter_check(engine, who, meter_id),
-        lambda: prepaid.set_alarm_amounts(
-            engine, meter_id, body.alarm1_micros, body.alarm2_micros, _operator(who, body.reason), now
-        ),
-    )
+    return prepaid.set_alarm_amounts(c.engine, c.target, c.body.alarm1_micros, c.body.alarm2_micros, c.operator, c.now)
 
 
-@router.post("/meters/{meter_id}/commands/power-limit", response_model=QueuedOut, status_code=202)
-async def power_limit(
-    meter_id: MeterIdPath, body: PowerLimitIn, request: Request, who: Operator, engine: DbEngine, now: Now
-) -> Response:
+@remote(METER, "/meters/{meter_id}/commands/power-limit", PowerLimitIn)
+def power_limit(c: Call[PowerLimitIn]) -> Outcome:
     """Overload protection: the relay trips above this power (W); 0 removes the limit."""
-    return await _queue(
-        request,
-        who,
-        engine,
-        _meter_check(engine, who, meter_id),
-        lambda: prepaid.set_power_limit(engine, meter_id, body.power_limit_w, _operator(who, body.reason), now),
-    )
+    return prepaid.set_power_limit(c.engine, c.target, c.body.power_limit_w, c.operator, c.now)
 
 
-@router.post("/meters/{meter_id}/commands/prices", response_model=QueuedOut, status_code=202)
-async def push_prices(
-    meter_id: MeterIdPath, body: PricesIn, request: Request, who: Operator, engine: DbEngine, now: Now
-) -> Response:
+@remote(METER, "/meters/{meter_id}/commands/prices", PricesIn)
+def push_prices(c: Call[PricesIn]) -> Outcome:
     """Push the four band prices (sharp, peak, flat, valley) in micros per kWh, 4 decimals of yuan."""
-    prices = (body.prices_micros[0], body.prices_micros[1], body.prices_micros[2], body.prices_micros[3])
-    return await _queue(
-        request,
-        who,
-        engine,
-        _meter_check(engine, who, meter_id),
-        lambda: prepaid.push_prices(engine, meter_id, prices, _operator(who, body.reason), now),
-    )
+    sharp, peak, flat, valley = c.body.prices_micros
+    return prepaid.push_prices(c.engine, c.target, (sharp, peak, flat, valley), c.operator, c.now)
 
 
-def _account_check(engine: Any, who: Principal, account_id: int) -> Callable[[], object]:
-    def check() -> object:
-        with engine.connect() as conn:
-            return found(queries.get_account(conn, scope_of(who), account_id), "account", account_id)
-
-    return check
-
-
-def _wallet_of(engine: Any, who: Principal, account_id: int) -> str:
-    with engine.connect() as conn:
-        account = queries.get_account(conn, scope_of(who), account_id)
-    assert account is not None, "checked before"
-    return account.wallet
-
-
-@router.post("/accounts/{account_id}/temporary-supply", response_model=QueuedOut, status_code=202)
-async def temporary_supply(
-    account_id: IdPath, body: TemporarySupplyIn, request: Request, who: Operator, engine: DbEngine, now: Now
-) -> Response:
-    """临时供电: supply the account's meters until ``until`` whatever the balance (e.g. during maintenance)."""
+def _until(body: TemporarySupplyIn) -> dt.datetime:
+    """``until`` with a zone, in UTC (a time without a zone is a 422 naming ``until``)."""
     until = aware(body.until, "until")
     assert until is not None
-    return await _queue(
-        request,
-        who,
-        engine,
-        _account_check(engine, who, account_id),
-        lambda: prepaid.temporary_supply(
-            engine, _wallet_of(engine, who, account_id), until, _operator(who, body.reason), now
-        ),
-    )
+    return until
 
 
-@router.post("/accounts/{account_id}/power-protect", response_model=QueuedOut, status_code=202)
-async def power_protect(
-    account_id: IdPath, body: PowerProtectIn, request: Request, who: Operator, engine: DbEngine, now: Now
-) -> Response:
+@remote(ACCOUNT, "/accounts/{account_id}/temporary-supply", TemporarySupplyIn, prepare=_until)
+def temporary_supply(c: Call[TemporarySupplyIn]) -> Outcome:
+    """临时供电: supply the account's meters until ``until`` whatever the balance (e.g. during maintenance)."""
+    return prepaid.temporary_supply(c.engine, c.target, c.prepared, c.operator, c.now)
+
+
+@remote(ACCOUNT, "/accounts/{account_id}/power-protect", PowerProtectIn)
+def power_protect(c: Call[PowerProtectIn]) -> Outcome:
     """保电: a power-protected account never trips; off returns it to the balance policy."""
-    return await _queue(
-        request,
-        who,
-        engine,
-        _account_check(engine, who, account_id),
-        lambda: prepaid.power_protect(
-            engine, _wallet_of(engine, who, account_id), body.on, _operator(who, body.reason), now
-        ),
-    )
+    return prepaid.power_protect(c.engine, c.target, c.body.on, c.operator, c.now)

@@ -7,7 +7,6 @@ and reads only the meters of their account, and only the readings taken while th
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter
@@ -41,46 +40,19 @@ from powergate.web.api._common import (
     scope_of,
     window,
 )
+from powergate.web.api._models import mirror
 
 router = APIRouter(tags=["meters"], responses=ERRORS)
 
 
+@mirror(queries.MeterRow)
 class MeterOut(Model):
-    id: str
-    tariff_id: str
-    timezone: str
-    account_id: int
-    account_no: str
-    attached: bool
-    room_id: int
-    room: str
-    floor_id: int
-    building_id: int
-    site_id: int
-    online: bool | None
-    last_seen_at: dt.datetime | None
-    relay_open: bool | None
-    """True: tripped (supply off); None: never reported."""
-    remaining_micros: int | None
-    last_reading_at: dt.datetime | None
-    last_total_wh: int | None
-    balance_micros: int
+    pass
 
 
+@mirror(queries.ReadingRow)
 class ReadingOut(Model):
-    id: str
-    at: dt.datetime
-    total_wh: int
-    sharp_wh: int | None
-    peak_wh: int | None
-    flat_wh: int | None
-    valley_wh: int | None
-    kind: str
-    status: str
-    reason: str | None
-    amount_micros: int | None
-    estimated: bool
-    received_at: dt.datetime
+    pass
 
 
 class AttachIn(BaseModel):

@@ -44,6 +44,7 @@ from powergate.web.api._common import (
     scope_of,
     window,
 )
+from powergate.web.api._models import mirror
 from powergate.web.idempotency import idempotent
 
 router = APIRouter(tags=["orders"], responses=ERRORS)
@@ -53,50 +54,21 @@ Channel = Literal["wechat", "alipay", "cashier", "bank", "sandbox"]
 OrderNoPath = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
+@mirror(queries.OrderRow)
 class OrderOut(Model):
-    id: int
-    order_no: str
-    account_id: int
-    account_no: str
-    site_id: int
-    channel: str
-    method: str
-    amount_fen: int
-    refunded_fen: int
-    currency: str
-    state: str
-    description: str
-    created_at: dt.datetime
-    expires_at: dt.datetime
-    paid_at: dt.datetime | None
-    provider_txn_id: str | None
-    receipt_no: str | None
-    operator: str | None
-    closed_reason: str | None
+    pass
 
 
-class NotificationOut(BaseModel):
+class NotificationOut(Model):
     channel: str
     received_at: dt.datetime
     verdict: str
     reason: str
 
 
+@mirror(queries.RefundRow)
 class RefundOut(Model):
-    id: int
-    refund_no: str
-    order_no: str | None
-    account_id: int
-    account_no: str
-    channel: str
-    amount_fen: int
-    destination: str
-    state: str
-    reason: str
-    operator: str
-    created_at: dt.datetime
-    completed_at: dt.datetime | None
-    failure: str | None
+    pass
 
 
 class OrderDetailOut(OrderOut):
@@ -114,10 +86,9 @@ class RefundIn(BaseModel):
     reason: Reason
 
 
-class RefundDoneOut(BaseModel):
-    refund_no: str
-    state: str
-    message: str
+@mirror(payments.RefundDone)
+class RefundDoneOut(Model):
+    pass
 
 
 @router.get("/orders", response_model=PageOut[OrderOut])
@@ -156,10 +127,7 @@ def get_order(order_no: OrderNoPath, who: Anyone, engine: DbEngine) -> OrderDeta
     return OrderDetailOut.model_validate(
         {
             **OrderOut.model_validate(order).model_dump(),
-            "payments": [
-                NotificationOut(channel=n.channel, received_at=n.received_at, verdict=n.verdict, reason=n.reason)
-                for n in seen
-            ],
+            "payments": [NotificationOut.model_validate(notification) for notification in seen],
             "refunds": [RefundOut.model_validate(r) for r in refunds],
         }
     )
@@ -218,7 +186,7 @@ async def refund(body: RefundIn, request: Request, who: Finance, engine: DbEngin
         done = payments.refund(engine, channels, wanted, now)
         if isinstance(done, payments.Refused):
             return 422, {"detail": f"{done.field}: {done.message}"}
-        return 201, ok_json(RefundDoneOut(refund_no=done.refund_no, state=done.state, message=done.message))
+        return 201, ok_json(RefundDoneOut.model_validate(done))
 
     async def run() -> tuple[int, Any]:
         return await run_in_threadpool(pay_back)

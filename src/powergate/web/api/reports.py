@@ -36,6 +36,7 @@ from powergate.web.api._common import (
     problem,
     scope_of,
 )
+from powergate.web.api._models import mirror
 
 router = APIRouter(prefix="/reports", tags=["reports"], responses=ERRORS)
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -45,16 +46,9 @@ SiteQuery = Annotated[int, Query(ge=1, le=MAX_ID)]
 DayQuery = Annotated[dt.date, Query(ge=FIRST_DAY, le=LAST_DAY, description="site-local day, YYYY-MM-DD")]
 
 
-class MeterLineOut(BaseModel):
-    meter_id: str
-    energy_wh: int
-    bands_wh: list[int]
-    """sharp, peak, flat, valley."""
-    cost_micros: int
-    balance_micros: int
-    estimated: bool
-    online: bool | None
-    relay_open: bool | None
+@mirror(daily_report.MeterLine, types={"bands_wh": list[int]})
+class MeterLineOut(Model):
+    pass
 
 
 class DailyReportOut(BaseModel):
@@ -83,7 +77,7 @@ class MonthIn(BaseModel):
     month: Annotated[dt.date, Field(ge=FIRST_DAY, le=LAST_DAY, description="any day of the month")]
 
 
-class FreezeRunOut(BaseModel):
+class FreezeRunOut(Model):
     period: str
     ran: bool
     """False when another run had done (or is doing) this period, or the period has not ended."""
@@ -97,16 +91,9 @@ class SettlementRunOut(BaseModel):
     problems: list[str]
 
 
+@mirror(queries.SettlementRow)
 class SettlementOut(Model):
-    account_id: int
-    account_no: str
-    month: dt.date
-    opening_micros: int
-    recharges_micros: int
-    deductions_micros: int
-    refunds_micros: int
-    adjustments_micros: int
-    closing_micros: int
+    pass
 
 
 def _report(engine: DbEngine, who: StaffReader, site_id: int, day: dt.date) -> daily_report.DailyReport:
@@ -135,19 +122,7 @@ def get_daily_report(site_id: SiteQuery, day: DayQuery, who: StaffReader, engine
         offline=report.offline,
         tripped=report.tripped,
         low_balance=report.low_balance,
-        lines=[
-            MeterLineOut(
-                meter_id=line.meter_id,
-                energy_wh=line.energy_wh,
-                bands_wh=list(line.bands_wh),
-                cost_micros=line.cost_micros,
-                balance_micros=line.balance_micros,
-                estimated=line.estimated,
-                online=line.online,
-                relay_open=line.relay_open,
-            )
-            for line in report.lines
-        ],
+        lines=[MeterLineOut.model_validate(line) for line in report.lines],
     )
 
 
@@ -179,12 +154,6 @@ def _audited(
         record_audit(conn, who.actor, action, f"site:{site_id}", f"{action} {period} requested", detail, now)
 
 
-def _run_out(run: freeze.FreezeRun) -> FreezeRunOut:
-    return FreezeRunOut(
-        period=run.period, ran=run.ran, meters=run.meters, estimated=run.estimated, problems=list(run.problems)
-    )
-
-
 @router.post("/daily-freeze", response_model=FreezeRunOut)
 async def run_daily_freeze(body: DayIn, who: Finance, engine: DbEngine, now: Now) -> FreezeRunOut:
     """Freeze the site's meters for a site-local day that has ended (once; a repeat reports ``ran: false``)."""
@@ -193,7 +162,7 @@ async def run_daily_freeze(body: DayIn, who: Finance, engine: DbEngine, now: Now
     if run.ran:
         detail: dict[str, object] = {"meters": run.meters, "estimated": run.estimated}
         await run_in_threadpool(_audited, engine, who, "daily_freeze", body.site_id, run.period, detail, now)
-    return _run_out(run)
+    return FreezeRunOut.model_validate(run)
 
 
 @router.post("/monthly-freeze", response_model=FreezeRunOut)
@@ -204,7 +173,7 @@ async def run_monthly_freeze(body: MonthIn, who: Finance, engine: DbEngine, now:
     if run.ran:
         detail: dict[str, object] = {"meters": run.meters}
         await run_in_threadpool(_audited, engine, who, "monthly_freeze", body.site_id, run.period, detail, now)
-    return _run_out(run)
+    return FreezeRunOut.model_validate(run)
 
 
 @router.post("/monthly-settlement", response_model=SettlementRunOut)

@@ -38,22 +38,16 @@ from powergate.web.api._common import (
     rejected,
     scope_of,
 )
+from powergate.web.api._models import mirror
 
 router = APIRouter(tags=["sites"], responses=ERRORS)
 ChannelName = Literal["wechat", "alipay", "cashier", "bank", "sandbox"]
 MAX_MICROS = 10**15
 
 
+@mirror(queries.SiteRow)
 class SiteOut(Model):
-    id: int
-    name: str
-    timezone: str
-    currency: str
-    calendar: str
-    min_purchase_micros: int
-    hoarding_limit_micros: int | None
-    payment_channels: list[str]
-    created_at: dt.datetime
+    pass
 
 
 class SiteIn(BaseModel):
@@ -66,28 +60,18 @@ class SiteIn(BaseModel):
     calendar: Literal["china", "weekends_only"] = "china"
 
 
+@mirror(queries.PlaceRow)
 class PlaceOut(Model):
-    id: int
-    name: str
-    parent_id: int
+    pass
 
 
 class PlaceIn(BaseModel):
     name: Name
 
 
+@mirror(queries.RoomRow)
 class RoomOut(Model):
-    id: int
-    number: str
-    area_centi_m2: int
-    use: str
-    floor_id: int
-    floor: str
-    building_id: int
-    building: str
-    site_id: int
-    site: str
-    meter_ids: list[str]
+    pass
 
 
 class RoomIn(BaseModel):
@@ -185,7 +169,7 @@ def _created(
     record_audit(
         conn, actor, f"create_{kind}", f"{kind}:{created}", f"new {kind}", {"parent": parent, "name": name}, now
     )
-    return PlaceOut(id=created, name=name, parent_id=parent)
+    return PlaceOut.model_validate(queries.PlaceRow(created, name, parent))
 
 
 @router.get("/rooms", response_model=PageOut[RoomOut])

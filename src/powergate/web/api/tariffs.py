@@ -46,6 +46,7 @@ from powergate.web.api._common import (
     problem,
     scope_of,
 )
+from powergate.web.api._models import mirror
 
 router = APIRouter(tags=["tariffs"], responses=ERRORS)
 MAX_DOCUMENT_CHARS = 1_000_000
@@ -54,13 +55,9 @@ TariffIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL)]
 Document = Annotated[str, Field(min_length=1, max_length=MAX_DOCUMENT_CHARS, description="TOML or JSON text")]
 
 
+@mirror(queries.TariffRow, exclude=["shared"])
 class TariffOut(Model):
-    id: str
-    name: str
-    commodity: str
-    owned: bool
-    meters: int
-    created_at: dt.datetime
+    pass
 
 
 class VersionOut(BaseModel):
@@ -264,14 +261,11 @@ def _versions(tariff: Tariff) -> list[VersionOut]:
 
 def _detail(row: queries.TariffRow, document: str) -> TariffDetailOut:
     tariff, _ = parse_tariff(document)
-    return TariffDetailOut(
-        id=row.id,
-        name=row.name,
-        commodity=row.commodity,
-        owned=row.owned,
-        meters=row.meters,
-        created_at=row.created_at,
-        currency="" if tariff is None else tariff.currency,
-        versions=[] if tariff is None else _versions(tariff),
-        document=document,
+    return TariffDetailOut.model_validate(
+        {
+            **TariffOut.model_validate(row).model_dump(),
+            "currency": "" if tariff is None else tariff.currency,
+            "versions": [] if tariff is None else _versions(tariff),
+            "document": document,
+        }
     )

@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 
 from powergate.services import users as users_service
 from powergate.services.accounts import Rejected
-from powergate.web.api._common import MAX_ID, NO_NUL
+from powergate.web.api._common import MAX_ID, NO_NUL, Model
+from powergate.web.api._models import mirror
 from powergate.web.deps import Principal, Role, get_engine, now, require
 
 router = APIRouter(tags=["users"])
@@ -25,15 +26,9 @@ RoleName = Annotated[str, Field(pattern="^(admin|operator|finance|viewer|tenant)
 REASON = Field(None, max_length=500, pattern=NO_NUL, description="why, for the audit log")
 
 
-class UserOut(BaseModel):
-    id: int
-    username: str
-    role: str
-    account_id: int | None
-    phone: str | None
-    disabled: bool
-    created_at: dt.datetime
-    last_login_at: dt.datetime | None
+@mirror(users_service.UserView, exclude=["organisation_id", "organisation_code"], types={"role": str})
+class UserOut(Model):
+    pass
 
 
 class UserCreate(BaseModel):
@@ -57,7 +52,7 @@ class PasswordChange(BaseModel):
     reason: str | None = REASON
 
 
-class ApiKeyOut(BaseModel):
+class ApiKeyOut(Model):
     id: int
     name: str
     prefix: str
@@ -83,34 +78,6 @@ class ApiKeyCreated(ApiKeyOut):
     secret: str = Field(description="the key itself: shown this once, send it as X-API-Key")
 
 
-def _user_out(user: users_service.UserView) -> UserOut:
-    return UserOut(
-        id=user.id,
-        username=user.username,
-        role=user.role.value,
-        account_id=user.account_id,
-        phone=user.phone,
-        disabled=user.disabled,
-        created_at=user.created_at,
-        last_login_at=user.last_login_at,
-    )
-
-
-def _key_out(key: users_service.ApiKeyView) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "name": key.name,
-        "prefix": key.prefix,
-        "role": key.role.value,
-        "user_id": key.user_id,
-        "username": key.username,
-        "created_by": key.created_by,
-        "created_at": key.created_at,
-        "last_used_at": key.last_used_at,
-        "revoked_at": key.revoked_at,
-    }
-
-
 def _refuse(rejected: Rejected) -> HTTPException:
     not_found = rejected.field in ("user_id", "key_id") and rejected.message.startswith("no ")
     return HTTPException(status_code=404 if not_found else 422, detail=str(rejected))
@@ -126,7 +93,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 @router.get("/users", response_model=list[UserOut], responses=ERRORS)
 def list_users(request: Request, who: Admin) -> list[UserOut]:
     with get_engine(request).begin() as conn:
-        return [_user_out(u) for u in users_service.list_users(conn, who.organisation_id)]
+        return [UserOut.model_validate(u) for u in users_service.list_users(conn, who.organisation_id)]
 
 
 @router.post("/users", response_model=UserOut, status_code=201, responses=ERRORS)
@@ -149,7 +116,7 @@ def create_user(request: Request, who: Admin, body: UserCreate) -> UserOut:
             raise _refuse(made)
         user = users_service.get_user(conn, who.organisation_id, made)
     assert user is not None
-    return _user_out(user)
+    return UserOut.model_validate(user)
 
 
 @router.get("/users/{user_id}", response_model=UserOut, responses={**ERRORS, 404: {"description": "no such user"}})
@@ -158,7 +125,7 @@ def get_user(request: Request, who: Admin, user_id: Annotated[int, Path(ge=1, le
         user = users_service.get_user(conn, who.organisation_id, user_id)
     if user is None:
         raise HTTPException(status_code=404, detail=f"user_id: no user {user_id} in this organisation")
-    return _user_out(user)
+    return UserOut.model_validate(user)
 
 
 @router.patch("/users/{user_id}", response_model=UserOut, responses={**ERRORS, 404: {"description": "no such user"}})
@@ -201,7 +168,7 @@ def change_user(
             if isinstance(result, Rejected):
                 raise _refuse(result)
     assert isinstance(result, users_service.UserView)
-    return _user_out(result)
+    return UserOut.model_validate(result)
 
 
 @router.post(
@@ -224,17 +191,17 @@ def set_password(
         )
         if isinstance(result, Rejected):
             raise _refuse(result)
-    return _user_out(result)
+    return UserOut.model_validate(result)
 
 
 @router.get("/api-keys", response_model=list[ApiKeyOut], responses=ERRORS)
-def list_api_keys(request: Request, who: Admin) -> list[dict[str, Any]]:
+def list_api_keys(request: Request, who: Admin) -> list[ApiKeyOut]:
     with get_engine(request).begin() as conn:
-        return [_key_out(k) for k in users_service.list_api_keys(conn, who.organisation_id)]
+        return [ApiKeyOut.model_validate(k) for k in users_service.list_api_keys(conn, who.organisation_id)]
 
 
 @router.post("/api-keys", response_model=ApiKeyCreated, status_code=201, responses=ERRORS)
-def create_api_key(request: Request, who: Admin, body: ApiKeyCreate) -> dict[str, Any]:
+def create_api_key(request: Request, who: Admin, body: ApiKeyCreate) -> ApiKeyCreated:
     """A new API key; the ``secret`` is in this answer only (only its hash is kept)."""
     at = now(request)
     with get_engine(request).begin() as conn:
@@ -251,13 +218,13 @@ def create_api_key(request: Request, who: Admin, body: ApiKeyCreate) -> dict[str
         if isinstance(made, Rejected):
             raise _refuse(made)
         key = next(k for k in users_service.list_api_keys(conn, who.organisation_id) if k.id == made.id)
-    return {**_key_out(key), "secret": made.secret}
+    return ApiKeyCreated.model_validate({**ApiKeyOut.model_validate(key).model_dump(), "secret": made.secret})
 
 
 @router.delete(
     "/api-keys/{key_id}", response_model=ApiKeyOut, responses={**ERRORS, 404: {"description": "no such key"}}
 )
-def revoke_api_key(request: Request, who: Admin, key_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> dict[str, Any]:
+def revoke_api_key(request: Request, who: Admin, key_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> ApiKeyOut:
     """Revoke a key: it stops working at once. Revoking a revoked key answers it unchanged."""
     at = now(request)
     with get_engine(request).begin() as conn:
@@ -266,4 +233,4 @@ def revoke_api_key(request: Request, who: Admin, key_id: Annotated[int, Path(ge=
         )
         if isinstance(result, Rejected):
             raise _refuse(result)
-    return _key_out(result)
+    return ApiKeyOut.model_validate(result)

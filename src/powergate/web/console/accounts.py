@@ -22,10 +22,10 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from powergate.services import accounts as account_service
-from powergate.services import backoffice, importer
+from powergate.services import importer, queries
 from powergate.store.tables_structure import ACCOUNT_STATES
 from powergate.web.console._common_b import (
     OPERATORS,
@@ -62,12 +62,13 @@ async def list_page(request: Request, who: Staff) -> Response:
     sites = await sites_of(request, who)
     site = site_choice(sites, params.get("site"))
     state = choice_param(params.get("state"), "state", ACCOUNT_STATES)
-    search = params.get("q", "")[: backoffice.MAX_SEARCH_CHARS]
+    search = params.get("q", "")[: queries.MAX_SEARCH_CHARS]
     page = int_param(params.get("page"), "page", minimum=1, maximum=100_000) or 1
-    wanted = backoffice.AccountFilter(
-        site.id if site else None, state, search or None, PAGE_SIZE, (page - 1) * PAGE_SIZE
+    wanted = queries.AccountFilter(site.id if site else None, state, search or None, search_placements=True)
+    scope, offset = queries.Scope(who.organisation_id), (page - 1) * PAGE_SIZE
+    found = await read(
+        request, lambda conn: queries.number_accounts(conn, scope, wanted, offset=offset, limit=PAGE_SIZE)
     )
-    found = await read(request, lambda conn: backoffice.list_accounts(conn, who.organisation_id, wanted))
     return render(
         request,
         "accounts.html",
@@ -138,7 +139,7 @@ async def import_preview(request: Request, who: Operator) -> Response:
     path = _upload_path(who.organisation_id, token)
     path.write_bytes(content)
     at = now(request)
-    code = await read(request, lambda conn: backoffice.organisation_code(conn, who.organisation_id))
+    code = await read(request, lambda conn: queries.organisation_code(conn, who.organisation_id))
     report = await with_engine(
         request, lambda engine: importer.import_sheet(engine, path, who.actor, at, organisation=code, dry_run=True)
     )
@@ -166,7 +167,7 @@ async def import_apply(request: Request, who: Operator) -> Response:
             error="accounts.reason_required",
         )  # fmt: skip
     at = now(request)
-    code = await read(request, lambda conn: backoffice.organisation_code(conn, who.organisation_id))
+    code = await read(request, lambda conn: queries.organisation_code(conn, who.organisation_id))
     report = await with_engine(
         request,
         lambda engine: importer.import_sheet(engine, path, who.actor, at, organisation=code, reason=reason),
@@ -182,15 +183,19 @@ async def import_apply(request: Request, who: Operator) -> Response:
 # --- one account ---------------------------------------------------------------------------------------------
 
 
-async def _account(request: Request, who: Principal, account_id: int) -> backoffice.AccountLine:
-    found = await read(request, lambda conn: backoffice.account_in_organisation(conn, who.organisation_id, account_id))
+async def _account(request: Request, who: Principal, account_id: int) -> queries.AccountRow:
+    def load(conn: Connection) -> queries.AccountRow | None:
+        found = queries.get_account(conn, queries.Scope(who.organisation_id), account_id)
+        return None if found is None else queries.with_placements(conn, [found])[0]
+
+    found = await read(request, load)
     if found is None:
         raise HTTPException(status_code=404, detail=f"account: no account {account_id}")
     return found
 
 
 def _detail(
-    request: Request, who: Principal, account: backoffice.AccountLine, *, status_code: int = 200, **ctx: Any
+    request: Request, who: Principal, account: queries.AccountRow, *, status_code: int = 200, **ctx: Any
 ) -> Response:
     return render(
         request,

@@ -6,13 +6,14 @@ records arrive). Only records about the organisation or written by its users are
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Connection
 
-from powergate.services import backoffice
+from powergate.services import queries
 from powergate.web.console._common_b import (
     Staff,
     date_param,
@@ -29,15 +30,11 @@ router = APIRouter(prefix="/audit", tags=["console"])
 PAGE_SIZE = 50
 
 
-def _detail_text(detail: str) -> str:
+def _detail_text(detail: dict[str, Any]) -> str:
     """The JSON detail, compact and readable (keys sorted already)."""
-    try:
-        value = json.loads(detail)
-    except ValueError:
-        return detail
-    if not value:
+    if not detail:
         return ""
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return json.dumps(detail, ensure_ascii=False, separators=(", ", ": "))
 
 
 @router.get("", response_class=HTMLResponse)
@@ -49,25 +46,31 @@ async def audit_page(request: Request, who: Staff) -> Response:
     since = local_day_bounds(first, first, zone)[0] if first else None
     until = local_day_bounds(last, last, zone)[1] if last else None
     before = int_param(params.get("before"), "before", minimum=1)
-    wanted = backoffice.AuditFilter(
-        subject=params.get("subject", "")[:200] or None,
-        actor=params.get("actor", "")[:64] or None,
-        action=params.get("action", "")[:64] or None,
+    subject = params.get("subject", "")[:200] or None
+    actor = params.get("actor", "")[:64] or None
+    action = params.get("action", "")[:64] or None
+    # "account:12" names one subject exactly (not account:120); a bare word searches within subjects.
+    subject_text = (subject or "").strip()
+    wanted = queries.AuditFilter(
+        subject=subject_text if ":" in subject_text else None,
+        action=(action or "").strip() or None,
         since=since,
         until=until,
-        before_id=before,
-        limit=PAGE_SIZE,
+        subject_contains=subject_text if subject and ":" not in subject_text else None,
+        actor_contains=(actor or "").strip() or None,
     )
+    cursor = queries.audit_cursor(before) if before else None
 
-    def load(conn: Connection) -> tuple[list[backoffice.AuditLine], int | None, list[str]]:
-        rows, next_before = backoffice.list_audit(conn, who.organisation_id, wanted)
-        return rows, next_before, backoffice.audit_actions(conn)
+    def load(conn: Connection) -> tuple[list[queries.AuditRow], int | None, list[str]]:
+        page = queries.list_audit(conn, queries.Scope(who.organisation_id), wanted, cursor=cursor, limit=PAGE_SIZE)
+        next_before = page.items[-1].id if page.next_cursor else None
+        return page.items, next_before, queries.audit_actions(conn)
 
     rows, next_before, actions = await read(request, load)
     filters = {
-        "subject": wanted.subject or "",
-        "actor": wanted.actor or "",
-        "action": wanted.action or "",
+        "subject": subject or "",
+        "actor": actor or "",
+        "action": action or "",
         "from": first.isoformat() if first else "",
         "to": last.isoformat() if last else "",
     }

@@ -20,9 +20,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import Connection, select
 
 from powergate.domain.money import parse_micros
-from powergate.services import batch
+from powergate.services import batch, queries
 from powergate.services.accounts import Rejected
-from powergate.services.backoffice import list_tariffs
 from powergate.store.tables_batch import TARGET_STATES
 from powergate.store.tables_structure import buildings, floors, sites
 from powergate.web.api._common import IdPath
@@ -61,7 +60,7 @@ def _places(conn: Connection, organisation_id: int) -> dict[str, Any]:
         "sites": org_sites,
         "buildings": org_buildings,
         "floors": org_floors,
-        "tariffs": list_tariffs(conn, organisation_id),
+        "tariffs": [row for row, _ in queries.tariffs_with_documents(conn, queries.Scope(organisation_id))],
         "tags": batch.organisation_tags(conn, organisation_id),
     }
 

@@ -19,8 +19,9 @@ from sqlalchemy import Connection
 
 from powergate.domain.billing import Basis, Frequency, Schedule
 from powergate.domain.money import parse_micros
-from powergate.services import billing, billing_queries
+from powergate.services import billing, billing_queries, queries
 from powergate.services.accounts import Rejected
+from powergate.services.reports import organisation_sites
 from powergate.store.tables_billing import BILL_STATES
 from powergate.web.api._common import IdPath
 from powergate.web.api.billing import _export
@@ -72,9 +73,9 @@ async def billing_page(request: Request, who: Staff) -> Response:
     month = month_param(q.get("month"), "month")
 
     def load(conn: Connection) -> dict[str, Any]:
-        sites = billing_queries.org_sites(conn, who.organisation_id)
+        sites = organisation_sites(conn, who.organisation_id)
         site_id = wanted_site if wanted_site is not None else (sites[0].id if sites else None)
-        if site_id is not None and not billing_queries.site_in_org(conn, who.organisation_id, site_id):
+        if site_id is not None and queries.get_site(conn, queries.Scope(who.organisation_id), site_id) is None:
             raise HTTPException(404, detail=f"site {site_id} not found")
         rules = billing_queries.rule_lines(conn, who.organisation_id, site_id) if site_id else []
         months = {}
@@ -150,7 +151,7 @@ async def create_charge_item(request: Request, who: Staff) -> Response:
 
     def work(engine: Any) -> Rejected | int:
         with engine.begin() as conn:
-            if not billing_queries.site_in_org(conn, who.organisation_id, site_id):
+            if queries.get_site(conn, queries.Scope(who.organisation_id), site_id) is None:
                 raise HTTPException(404, detail=f"site {site_id} not found")
             return billing.create_charge_item(conn, site_id, spec, actor=who.actor, now=at)
 
@@ -205,7 +206,7 @@ async def draft(request: Request, who: Staff) -> Response:
 
     def work(_: Any) -> tuple[int, Any]:
         with engine.connect() as conn:
-            if not billing_queries.site_in_org(conn, who.organisation_id, site_id):
+            if queries.get_site(conn, queries.Scope(who.organisation_id), site_id) is None:
                 return 404, {"error": f"site {site_id} not found"}
         done = billing.draft_postpaid_bills(engine, site_id, first, last, actor=who.actor, now=at)
         if isinstance(done, Rejected):
@@ -278,7 +279,7 @@ async def export(request: Request, who: Staff, what: str) -> Response:
     state = choice_param(q.get("state"), "state", BILL_STATES)
 
     def load(conn: Connection) -> list[billing.Bill]:
-        if site_id is not None and not billing_queries.site_in_org(conn, who.organisation_id, site_id):
+        if site_id is not None and queries.get_site(conn, queries.Scope(who.organisation_id), site_id) is None:
             raise HTTPException(404, detail=f"site {site_id} not found")
         if what == "arrears":
             return billing_queries.org_arrears(conn, who.organisation_id, site_id)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from powergate.services import backoffice, reports
+from powergate.services import queries, reports
 from powergate.services.finance import ReportTooLarge
 from powergate.store.tables_payments import CHANNELS, ORDER_STATES
 from powergate.web.console._common_b import (
@@ -67,10 +67,13 @@ async def orders_page(request: Request, who: Staff) -> Response:
     account_no = params.get("account", "").strip()[:32]
     page = int_param(params.get("page"), "page", minimum=1, maximum=100_000) or 1
     since, until = local_day_bounds(first, last, zone)
-    wanted = backoffice.OrderFilter(
-        since, until, channel, state, account_no or None, site.id if site else None, PAGE_SIZE, (page - 1) * PAGE_SIZE
-    )
-    found = await read(request, lambda conn: backoffice.list_orders(conn, who.organisation_id, wanted))
+    wanted = queries.OrderFilter(
+        site_id=site.id if site else None, channel=channel, state=state, since=since, until=until,
+        account_no=account_no or None,
+    )  # fmt: skip
+    scope = queries.Scope(who.organisation_id)
+    offset = (page - 1) * PAGE_SIZE
+    found = await read(request, lambda conn: queries.number_orders(conn, scope, wanted, offset=offset, limit=PAGE_SIZE))
     base = urlencode(
         {
             "site": site.id if site else "",
@@ -105,7 +108,8 @@ async def orders_page(request: Request, who: Staff) -> Response:
 
 @router.get("/orders/{order_no}", response_class=HTMLResponse)
 async def order_page(request: Request, order_no: str, who: Staff) -> Response:
-    detail = await read(request, lambda conn: backoffice.order_detail(conn, who.organisation_id, order_no[:64]))
+    scope = queries.Scope(who.organisation_id)
+    detail = await read(request, lambda conn: queries.get_order_detail(conn, scope, order_no[:64]))
     if detail is None:
         raise HTTPException(status_code=404, detail=f"order: no order {order_no[:64]!r}")
     sites = await sites_of(request, who)

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from powergate.domain.tariff import Tariff, TariffVersion
 from powergate.domain.tariff_files import DataFileError, load_tariff
-from powergate.services import backoffice, tariff_edit
+from powergate.services import queries, tariff_edit
 from powergate.services.tariff_edit import FieldProblem, SeasonForm, VersionForm
 from powergate.web.console._common_b import (
     PRICE_SETTERS,
@@ -96,25 +96,26 @@ def version_views(tariff: Tariff, at: dt.datetime) -> list[VersionView]:
     return views
 
 
-async def _tariff(request: Request, who: Principal, tariff_id: str) -> tuple[backoffice.TariffLine, Tariff]:
-    lines = await read(request, lambda conn: backoffice.list_tariffs(conn, who.organisation_id, tariff_id))
-    if not lines:
+async def _tariff(request: Request, who: Principal, tariff_id: str) -> tuple[queries.TariffRow, Tariff]:
+    found = await read(request, lambda conn: queries.get_tariff(conn, queries.Scope(who.organisation_id), tariff_id))
+    if found is None:
         raise HTTPException(status_code=404, detail=f"tariff: no tariff {tariff_id!r}")
+    line, document = found
     try:
-        tariff = load_tariff(lines[0].document, source=f"tariff {tariff_id}")
+        tariff = load_tariff(document, source=f"tariff {tariff_id}")
     except DataFileError as error:
         raise HTTPException(status_code=409, detail=f"tariff {tariff_id} is stored invalid: {error}") from None
-    return lines[0], tariff
+    return line, tariff
 
 
 @router.get("", response_class=HTMLResponse)
 async def list_page(request: Request, who: Staff) -> Response:
-    lines = await read(request, lambda conn: backoffice.list_tariffs(conn, who.organisation_id))
+    lines = await read(request, lambda conn: queries.tariffs_with_documents(conn, queries.Scope(who.organisation_id)))
     at = now(request)
-    rows: list[tuple[backoffice.TariffLine, Tariff | None, VersionView | None]] = []
-    for line in lines:
+    rows: list[tuple[queries.TariffRow, Tariff | None, VersionView | None]] = []
+    for line, document in lines:
         try:
-            tariff = load_tariff(line.document)
+            tariff = load_tariff(document)
         except DataFileError:
             rows.append((line, None, None))
             continue
