@@ -30,6 +30,8 @@ class Forecast:
     rate_micros_per_day: int
     capped: bool
     """True when the balance lasts beyond the horizon."""
+    early_estimate: bool = False
+    """True when the rate comes from the first readings of a new account, not from frozen days."""
 
     def text(self, language: str = "en") -> str:
         return describe(self, language)
@@ -62,7 +64,15 @@ def forecast(
 
 
 def describe(result: Forecast, language: str = "en") -> str:
-    """ "about 2 days left" / "约 2 天"; hours under two days; "less than an hour" under one."""
+    """ "about 2 days left" / "约 2 天"; hours under two days; "less than an hour" under one; an early
+    estimate says so: "about 2 days left (early estimate)" / "约 2 天（初步估算）"."""
+    text = _describe(result, language)
+    if result.early_estimate and result.seconds_left > 0:
+        return f"{text}（初步估算）" if language == "zh" else f"{text} (early estimate)"
+    return text
+
+
+def _describe(result: Forecast, language: str) -> str:
     assert language in ("en", "zh"), language
     zh = language == "zh"
     seconds = result.seconds_left

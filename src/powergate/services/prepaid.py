@@ -80,6 +80,14 @@ RESEND_HORIZON = dt.timedelta(days=31)
 re-sent command that expires in turn is a new, recent one)."""
 """How long a trip or close decided by the policy stays worth sending; a later decision supersedes it anyway."""
 OPERATION_VALID_FOR = dt.timedelta(hours=24)
+FAILED_RETRY_FIRST = dt.timedelta(minutes=2)
+"""The wait after a trip / close failed before ``retry_failed`` queues it again; it doubles with every failed
+retry up to ``FAILED_RETRY_LONGEST``."""
+FAILED_RETRY_LONGEST = dt.timedelta(hours=1)
+RELAY_FAILED_ALARM = {
+    "trip": "trip command failed, retrying / 分闸命令失败，正在重试",
+    "close": "close command failed, retrying / 合闸命令失败，正在重试",
+}
 DEFAULT_TZ = "Asia/Shanghai"
 RELAY_KINDS = ("trip", "close")
 PROCESSED_KINDS = ("trip", "close", "warning")
@@ -536,7 +544,9 @@ def _meters_of(conn: Connection, wallet_id: int) -> list[str]:
 
 
 def due_trips(engine: Engine, now: dt.datetime, limit: int = 1_000) -> int:
-    """Re-evaluate wallets whose deferred trip is due: they trip now if still short. Returns outbox rows written."""
+    """Re-evaluate wallets whose deferred trip is due: they trip now if still short. Returns outbox rows written.
+    Also sends the wallet's intent again to meters whose last trip / close expired (``resend_lapsed``) or failed
+    (``retry_failed``)."""
     with engine.begin() as conn:
         query = (
             select(wallet_states.c.wallet_account_id)
@@ -547,7 +557,18 @@ def due_trips(engine: Engine, now: dt.datetime, limit: int = 1_000) -> int:
         ids = [int(i) for i in conn.execute(query).scalars()]
         written = evaluate(conn, ids, now)
         resend_lapsed(conn, now, limit)
+        retry_failed(conn, now, limit)
         return written
+
+
+def _latest_relay_command() -> Any:
+    """The command is its meter's latest relay command (no trip / close / close-allowed queued after it)."""
+    c = meter_commands.c
+    newer = meter_commands.alias("newer")
+    relay_kinds = ("trip", "close", "close_allowed")
+    return ~exists(
+        select(newer.c.seq).where(newer.c.meter_id == c.meter_id, newer.c.seq > c.seq, newer.c.kind.in_(relay_kinds))
+    )
 
 
 def resend_lapsed(conn: Connection, now: dt.datetime, limit: int = 1_000) -> int:
@@ -562,30 +583,39 @@ def resend_lapsed(conn: Connection, now: dt.datetime, limit: int = 1_000) -> int
     one (id ``resend:<seq>:<meter>``), so a meter still away gets one command an hour. Returns commands queued.
     """
     c = meter_commands.c
-    newer = meter_commands.alias("newer")
-    relay_kinds = ("trip", "close", "close_allowed")
-    latest = ~exists(
-        select(newer.c.seq).where(newer.c.meter_id == c.meter_id, newer.c.seq > c.seq, newer.c.kind.in_(relay_kinds))
-    )
     query = (
-        select(c.seq, c.meter_id, c.kind, meters.c.wallet_account_id)
+        select(c.seq, c.id, c.meter_id, c.kind, c.next_attempt_at, c.last_error, meters.c.wallet_account_id)
         .join(meters, meters.c.id == c.meter_id)
         .where(
             c.kind.in_(RELAY_KINDS),
             c.state == queue.CommandState.EXPIRED.value,
             c.next_attempt_at >= now - RESEND_HORIZON,  # on the (state, next_attempt_at) index: recent ones
-            latest,
+            _latest_relay_command(),
         )
         .order_by(c.seq)
         .limit(limit)
     )
-    lapsed = conn.execute(query).all()
+    queued = 0
+    for row in _still_wanted(conn, conn.execute(query).all(), now):
+        kind, meter_id = str(row.kind), str(row.meter_id)
+        command = MeterCommand(f"resend:{row.seq}:{meter_id}", CommandKind(kind), now + RELAY_VALID_FOR)
+        reason = f"balance policy: {kind} again, command {row.seq} expired before it reached the meter"
+        done = queue.enqueue(conn, meter_id, command, requested_by=SYSTEM_ACTOR, reason=reason, now=now)
+        queued += 1 if isinstance(done, Enqueued) and done.created else 0
+    return queued
+
+
+def _still_wanted(conn: Connection, lapsed: Sequence[Any], now: dt.datetime) -> list[Any]:
+    """The rows (a meter's latest trip / close, with its ``wallet_account_id``) whose kind is still what the
+    wallet's policy wants now: a close for a wallet with supply on; a trip for a short wallet that would trip now
+    (never inside a friendly window, during temporary supply or for a protected wallet)."""
     wallet_ids = sorted({int(row.wallet_account_id) for row in lapsed})
     states, policies, balances = _states(conn, wallet_ids), _policies(conn, wallet_ids), _balances(conn, wallet_ids)
     zones, plans = _zones(conn, wallet_ids), _plan_levels_of_wallets(conn, wallet_ids)
     calendars = CALENDARS.for_wallets(conn, wallet_ids) if wallet_ids else {}
-    queued = 0
-    for seq, meter_id, kind, wallet_id in lapsed:
+    wanted = []
+    for row in lapsed:
+        wallet_id, kind = int(row.wallet_account_id), str(row.kind)
         stored, stored_policy = states.get(wallet_id), policies.get(wallet_id, WalletPolicy())
         if stored is None or stored_policy.billing_mode != "platform" or wallet_id not in balances:
             continue
@@ -600,11 +630,100 @@ def resend_lapsed(conn: Connection, now: dt.datetime, limit: int = 1_000) -> int
             fresh = decide(policy, PolicyState(), -overdraft_micros, now, tz, calendars[wallet_id].day_type)
             if not fresh.trip:
                 continue
-        command = MeterCommand(f"resend:{seq}:{meter_id}", CommandKind(kind), now + RELAY_VALID_FOR)
-        reason = f"balance policy: {kind} again, command {seq} expired before it reached the meter"
-        done = queue.enqueue(conn, str(meter_id), command, requested_by=SYSTEM_ACTOR, reason=reason, now=now)
-        queued += 1 if isinstance(done, Enqueued) and done.created else 0
+        wanted.append(row)
+    return wanted
+
+
+def failed_retry_delay(retry: int) -> dt.timedelta:
+    """The wait before the ``retry``-th new command after failed ones (1, 2, ...): doubling, at most an hour."""
+    assert retry >= 1, retry
+    return min(FAILED_RETRY_FIRST * (1 << min(retry - 1, 16)), FAILED_RETRY_LONGEST)
+
+
+def _retry_number(command_id: str) -> int:
+    """How many retries the failed command ends: ``retry:<n>:<seq>:<meter>`` is the n-th; any other id, none."""
+    prefix, _, rest = command_id.partition(":")
+    number = rest.partition(":")[0]
+    return int(number) if prefix == "retry" and number.isdigit() else 0
+
+
+def retry_failed(conn: Connection, now: dt.datetime, limit: int = 1_000) -> int:
+    """Queue a new trip / close for meters whose latest one failed (attempts used up), after a back-off.
+
+    A meter that answers but does not act (a relay that will not move, a link that garbles every reply) makes
+    its command fail, and no new decision follows: without this a tenant who paid stays in the dark, or a meter
+    at zero stays on. The new command (id ``retry:<n>:<failed seq>:<meter>``) is queued when the policy still
+    wants that relay state (as ``resend_lapsed`` judges it) and the back-off after the failure has passed:
+    ``FAILED_RETRY_FIRST``, doubling with every failed retry, at most ``FAILED_RETRY_LONGEST``. Each retry is
+    audited (``relay_retry`` on ``meter:<id>``), and the first failure of a run raises a meter alarm to the
+    site's administrators (one per failed command: ``relay_failed:<seq>``). Returns commands queued.
+    """
+    c = meter_commands.c
+    query = (
+        select(c.seq, c.id, c.meter_id, c.kind, c.next_attempt_at, c.last_error, meters.c.wallet_account_id)
+        .join(meters, meters.c.id == c.meter_id)
+        .where(
+            c.kind.in_(RELAY_KINDS),
+            c.state == queue.CommandState.FAILED.value,
+            # on the (state, next_attempt_at) index; a terminal row's next_attempt_at is when it ended
+            c.next_attempt_at >= now - RESEND_HORIZON,
+            c.next_attempt_at <= now - FAILED_RETRY_FIRST,
+            _latest_relay_command(),
+        )
+        .order_by(c.next_attempt_at, c.seq)
+        .limit(limit)
+    )
+    queued = 0
+    for row in _still_wanted(conn, conn.execute(query).all(), now):
+        retry = _retry_number(str(row.id)) + 1
+        if row.next_attempt_at + failed_retry_delay(retry) > now:
+            continue
+        queued += _queue_retry(conn, row, retry, now)
     return queued
+
+
+def _queue_retry(conn: Connection, row: Any, retry: int, now: dt.datetime) -> int:
+    kind, meter_id = str(row.kind), str(row.meter_id)
+    command = MeterCommand(f"retry:{retry}:{row.seq}:{meter_id}", CommandKind(kind), now + RELAY_VALID_FOR)
+    reason = f"balance policy: {kind} again (retry {retry}), command {row.id} failed: {row.last_error or ''}"
+    done = queue.enqueue(conn, meter_id, command, requested_by=SYSTEM_ACTOR, reason=reason[:500], now=now)
+    if not isinstance(done, Enqueued) or not done.created:
+        return 0
+    detail = {
+        "failed_command": str(row.id),
+        "failed_at": row.next_attempt_at.isoformat(),
+        "error": str(row.last_error or "")[:500],
+        "retry": retry,
+        "command": command.command_id,
+        "next_back_off_s": int(failed_retry_delay(retry + 1).total_seconds()),
+    }
+    why = f"the wallet's policy still wants the relay {'open' if kind == 'trip' else 'closed'}"
+    record_audit(conn, SYSTEM_ACTOR, "relay_retry", f"meter:{meter_id}", why, detail, now)
+    if retry == 1:
+        _relay_failed_alarm(conn, row, now)
+    return 1
+
+
+def _relay_failed_alarm(conn: Connection, row: Any, now: dt.datetime) -> None:
+    """Tell the site's administrators (meter alarm) that a trip / close failed and is being retried."""
+    from powergate.domain.notifications import EventKind, NotificationEvent
+    from powergate.store.tables_structure import accounts, sites
+
+    place = conn.execute(
+        select(accounts.c.id, accounts.c.name, sites.c.id.label("site_id"), sites.c.timezone)
+        .join(sites, sites.c.id == accounts.c.site_id)
+        .where(accounts.c.wallet_account_id == int(row.wallet_account_id))
+    ).first()
+    if place is None:
+        return  # a bare wallet in no site's account: nobody to tell
+    data = {
+        "alarm": RELAY_FAILED_ALARM[str(row.kind)],
+        "meter": str(row.meter_id),
+        "room": notify.room_of(conn, int(place.id)) or str(place.name),
+        "time": row.next_attempt_at.astimezone(_zone(str(place.timezone))).strftime("%Y-%m-%d %H:%M"),
+    }
+    event = NotificationEvent(EventKind.METER_ALARM, f"relay_failed:{row.seq}", int(place.site_id), now, None, data)
+    notify.notify_event(conn, event, now)  # a missing template or recipient must not hold the retry back
 
 
 def outbox_rows(conn: Connection, kind: str | None = None, limit: int = 1_000) -> list[dict[str, Any]]:
