@@ -32,6 +32,9 @@ MAX_SECRET_BYTES = 4 * 1024
 MIN_SECRET_KEY_CHARS = 32
 READ_ITEMS = ("energy", "instant", "relay", "prepaid", "clock")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_READINGS_KEEP_MONTHS = 3
+MAX_READINGS_KEEP_MONTHS = 1_200
+INGEST_MODES = ("direct", "queue")
 
 
 class ConfigError(ValueError):
@@ -111,6 +114,19 @@ def _body_size(value: object) -> str | None:
     return None if ok else f"{value!r} must be 1 .. 1073741824 bytes"
 
 
+def _ingest_mode(value: object) -> str | None:
+    return None if value in INGEST_MODES else f"{value!r} is not one of {', '.join(INGEST_MODES)}"
+
+
+def _keep_months(value: object) -> str | None:
+    if value == 0 or (isinstance(value, int) and MIN_READINGS_KEEP_MONTHS <= value <= MAX_READINGS_KEEP_MONTHS):
+        return None
+    return (
+        f"{value} months is not allowed: use 0 (keep every reading) or {MIN_READINGS_KEEP_MONTHS}.."
+        f"{MAX_READINGS_KEEP_MONTHS} (the freezes and reconciliation need the recent months)"
+    )
+
+
 def _name(value: object) -> str | None:
     text = str(value)
     ok = 0 < len(text) <= 64 and all(c.isalnum() or c in "-_." for c in text)
@@ -158,15 +174,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("headend.read_interval_s", float, 900.0, "Seconds between two scheduled reads of a meter.", _positive),
     Setting("headend.read_items", str, "energy,relay", "What a scheduled read fetches: energy, instant, relay, "
             "prepaid, clock.", _read_items),
+    Setting("headend.ingest", str, "direct", "direct: the head-end rates and books readings; queue: it queues "
+            "them for the workers (docs/deployment.md).", _ingest_mode),
     Setting("worker.name", str, "worker-1", "Names this worker's claims (notifications, freeze runs).", _name),
     Setting("worker.relay_outbox", bool, True, "Relay the outbox (trip / close commands, notifications) and "
             "deferred trips; the head-end does it too, both may."),
     Setting("worker.outbox_every_s", float, 1.0, "Seconds between two outbox relay rounds.", _positive),
     Setting("worker.notify_every_s", float, 2.0, "Seconds between two notification delivery rounds.", _positive),
+    Setting("worker.ingest_every_s", float, 1.0, "Longest wait for a queued batch of readings (a head-end's "
+            "commit wakes the workers at once).", _positive),
     Setting("worker.payments_every_s", float, 60.0, "Seconds between two reconciliations of unpaid orders.",
             _positive),
     Setting("scheduler.freeze_every_s", float, 300.0, "Seconds between two looks for due daily / monthly freezes.",
             _positive),
+    Setting("scheduler.readings_keep_months", int, 0, "Months of raw readings kept (0: keep all; else at least 3).",
+            _keep_months),
 )  # fmt: skip
 BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -194,12 +216,15 @@ class Config:
     headend_modbus: bool
     headend_read_interval_s: float
     headend_read_items: str
+    headend_ingest: str
     worker_name: str
     worker_relay_outbox: bool
     worker_outbox_every_s: float
     worker_notify_every_s: float
+    worker_ingest_every_s: float
     worker_payments_every_s: float
     scheduler_freeze_every_s: float
+    scheduler_readings_keep_months: int
     sources: Mapping[str, str]
     base_dir: Path
     """Relative paths in the settings (key files, channel files) are relative to this: the config file's folder."""

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 
 from powergate.domain.ledger import recharge_entry, wallet_code
 from powergate.domain.money import MICROS_PER_UNIT
@@ -211,6 +211,35 @@ def test_a_mirrored_mismatch_raises_one_alarm_per_day(
     assert [alarm.kind for alarm in stored] == kinds
     for alarm in stored:
         assert alarm.subject == f"meter:{METER}" and str(alarm.actual) in alarm.message
+
+
+def test_a_batch_mirrors_its_meter_side_meter_with_one_lookup_and_ignores_platform_billed_meters(
+    engine: Engine,
+) -> None:
+    rig = make_rig(engine)
+    rig.pay("pay-006", 50)
+    rig.run_dispatcher()
+    others = [MeterSnapshot(f"P-{i}", rig.clock(), remaining_micros=YUAN, purchase_count=1) for i in range(2_000)]
+    first = rig.read()  # count 4: the recharge arrived
+    behind = MeterSnapshot(METER, rig.clock(), remaining_micros=50 * YUAN, purchase_count=3)
+    statements: list[str] = []
+
+    def listen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        with engine.begin() as conn:
+            raised = meterside.mirror(conn, [*others, first, behind], rig.clock())
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    # the second snapshot of the meter in the same batch sees what the first one showed (count 4), as a new read would
+    assert [alarm.kind for alarm in raised] == ["purchase_count_behind"]
+    lookups = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "meter_side_state" in s]
+    assert len(lookups) == 3, lookups  # 2,001 meters in chunks of 1,000 (the amount check reads no meter_side_state)
+    with engine.connect() as conn:
+        (row,) = meterside.states(conn)
+    assert (row.mirrored_purchase_count, row.last_pushed_purchase_count) == (3, 4)
 
 
 def test_the_sink_wrapper_passes_readings_on_and_mirrors_prepaid_values(engine: Engine) -> None:

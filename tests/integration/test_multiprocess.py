@@ -3,7 +3,9 @@ the Mosquitto broker; one head-end and one worker are killed with SIGKILL mid-ru
 
 The parts, all real:
 - ``powergate serve --role headend`` x2 (``headend-a``, ``headend-b``): each a DTU server on its own port, both in
-  one MQTT shared-subscription group, reading every meter every ``INTERVAL_S``;
+  one MQTT shared-subscription group, reading every meter every ``INTERVAL_S``; ``headend-a`` ingests directly,
+  ``headend-b`` in queue mode (``headend.ingest = "queue"``: its batches go through ``ingest_batches`` to the
+  workers, which take them with ``SKIP LOCKED``; a SIGKILLed worker's claimed batch goes to the other one);
 - ``powergate serve --role worker`` x2: the outbox relay (trip / close decisions into commands) and the rest;
 - the virtual meters live in THIS process (they must outlive every kill): DL/T 645 meters behind virtual DTUs
   that dial into either head-end (chosen at random at every connection, so a DTU whose head-end died redials
@@ -68,6 +70,7 @@ from powergate.store import metering
 from powergate.store.db import make_engine
 from powergate.store.tables import ledger_accounts, ledger_entries, readings
 from powergate.store.tables_commands import meter_commands
+from powergate.store.tables_ingest_queue import ingest_batches
 from powergate.store.tables_prepaid import outbox
 from testkit import free_port
 from testkit import truncate_all as _truncate_all
@@ -281,6 +284,7 @@ class Roles:
                 "POWERGATE_HEADEND_MODBUS": "false",
                 "POWERGATE_HEADEND_READ_INTERVAL_S": str(INTERVAL_S),
                 "POWERGATE_HEADEND_READ_ITEMS": "energy,relay",
+                "POWERGATE_HEADEND_INGEST": "queue" if name == "headend-b" else "direct",
             }
         else:
             env |= {"POWERGATE_WORKER_NAME": name, "POWERGATE_WORKER_OUTBOX_EVERY_S": "1.0"}
@@ -401,13 +405,14 @@ class Payments:
 
 
 def open_work(engine: Engine) -> int:
-    """Commands not yet settled plus trip / close decisions not yet relayed."""
+    """Commands not yet settled plus trip / close decisions not yet relayed plus batches of readings queued."""
     with engine.connect() as conn:
         states = queue.count_by_state(conn)
         relaying = conn.execute(
             select(func.count()).where(outbox.c.processed_at.is_(None), outbox.c.kind.in_(("trip", "close")))
         ).scalar_one()
-    return sum(n for state, n in states.items() if state in queue.OPEN) + int(relaying)
+        batches = conn.execute(select(func.count()).select_from(ingest_batches)).scalar_one()
+    return sum(n for state, n in states.items() if state in queue.OPEN) + int(relaying) + int(batches)
 
 
 def last_registers(engine: Engine) -> dict[str, int]:
@@ -502,6 +507,8 @@ def test_two_head_ends_and_two_workers_survive_sigkill_with_nothing_lost_or_done
         clear_retained([f"pg/v1/{site}/{m.address}/up/status" for m in meters[DTU_METERS:]])
     elapsed = time.monotonic() - started
     assert all(code == 0 for code in codes.values()), {n: roles.output(n) for n in codes}
+    started_as = {name: (tmp_path / f"{name}.1.log").read_text(errors="replace") for name in ports}
+    assert "ingest direct" in started_as["headend-a"] and "ingest queue" in started_as["headend-b"]
 
     check_registers_and_charges(engine, meters, wallets)
     check_commands(engine, meters, wallets)

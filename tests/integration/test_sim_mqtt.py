@@ -1,5 +1,6 @@
 """Real MQTT clients (``mosquitto_sub`` / ``mosquitto_pub``) and the local Mosquitto see a virtual meter's
-readings, make it trip with a downlink command, and see its last will when its process dies.
+readings, make it trip with a downlink command, and see its last will when its process dies; a connection
+carrying 500 meters sends each one's reading once an interval, in order.
 
 Needs the broker (``mqtt_broker`` fixture) and the Debian package mosquitto-clients: under CI=true a missing
 command fails the test, elsewhere it is skipped with a loud reason.
@@ -17,9 +18,11 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import aiomqtt
 import pytest
 
 from powergate.protocols import mqtt
+from powergate.sim.fleet import build_meters
 from powergate.sim.meter import VirtualMeter
 from powergate.sim.mqtt_face import MqttGateway
 from powergate.sim.profiles import RESIDENTIAL
@@ -190,3 +193,32 @@ def test_the_broker_publishes_the_last_will_when_the_meters_process_dies(clients
                               "-W", "15"], capture_output=True, text=True, timeout=20, check=True)  # fmt: skip
     will = json.loads(offline.stdout)
     assert will["state"] == "offline" and will["reason"] == "last will"
+
+
+def test_one_connection_sends_each_of_its_500_meters_reading_once_an_interval_in_meter_order(
+    clients: tuple[str, int],
+) -> None:
+    host, port = clients
+    site = new_site()
+    fleet = build_meters(500, seed=7, now_s=int(time.time()) - 3600)
+
+    async def scenario() -> None:
+        gateway = MqttGateway(fleet, host=host, port=port, site=site, interval_s=1.0)
+        sub = await subscribe(host, port, f"pg/v1/{site}/+/up/reading", 1000)
+        await asyncio.sleep(0.3)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(gateway.run(stop))
+        try:
+            readings = await messages(sub)  # two intervals: readings leave in batches, not one sleep per meter
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 20)
+            async with aiomqtt.Client(host, port) as cleaner:  # the statuses are retained: remove them
+                await asyncio.gather(*(cleaner.publish(f"pg/v1/{site}/{m.address}/up/status", b"", qos=1, retain=True)
+                                       for m in fleet))  # fmt: skip
+        addresses = [m.address for m in fleet]
+        assert [r.meter for _, r in readings] == addresses + addresses
+        assert all(isinstance(r, mqtt.Reading) and r.total_wh == sum(r.bands_wh or ()) for _, r in readings)
+        assert gateway.stats.readings_published >= 1000 and gateway.stats.dropped == 0
+
+    asyncio.run(scenario())

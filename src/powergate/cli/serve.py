@@ -6,9 +6,10 @@
 
 Roles meet only in the database (and the MQTT broker), so they can run in one process or be split across
 processes and machines: ``api`` (HTTP: API, console, portal), ``headend`` (meters: DTUs, Modbus, MQTT, the
-command queue), ``worker`` (outbox relay, notifications, payment reconciliation), ``scheduler`` (freezes).
-Settings come from defaults, then ``--config``, then ``POWERGATE_*`` variables (docs/configuration.md). A bad
-setting is named before anything starts (exit code 2). SIGINT / SIGTERM stop every role cleanly.
+command queue), ``worker`` (outbox relay, notifications, payment reconciliation, the ingest queue),
+``scheduler`` (freezes). Settings come from defaults, then ``--config``, then ``POWERGATE_*`` variables
+(docs/configuration.md). A bad setting is named before anything starts (exit code 2). SIGINT / SIGTERM stop every
+role cleanly.
 """
 
 from __future__ import annotations
@@ -98,7 +99,19 @@ def prepare(config: Config, roles: tuple[str, ...]) -> dict[str, Any]:
             raise ConfigError("notify_config", str(error)) from None
     parts["channels"] = payment_channels(parts.get("payments"))
     parts["with_api"] = "api" in roles
+    parts["ingest"] = ingest_mode(config, roles)
     return parts
+
+
+def ingest_mode(config: Config, roles: tuple[str, ...]) -> str:
+    """``headend.ingest``, except that a head-end and a worker sharing one process on SQLite ingest directly:
+    there is one writer anyway, and the queue would only add a hop."""
+    mode = config.headend_ingest
+    if mode == "queue" and config.database_url.startswith("sqlite") and {"headend", "worker"} <= set(roles):
+        print("powergate serve: headend.ingest = queue ignored: head-end and worker share one SQLite process, "
+              "readings are ingested directly", file=sys.stderr)  # fmt: skip
+        return "direct"
+    return mode
 
 
 async def run_roles(config: Config, roles: tuple[str, ...], parts: dict[str, Any], duration_s: float) -> int:
@@ -114,7 +127,7 @@ async def run_roles(config: Config, roles: tuple[str, ...], parts: dict[str, Any
     engine = make_engine(config.database_url)
     starters: dict[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = {
         "api": lambda s: _api(config, parts, s),
-        "headend": lambda s: _headend(config, engine, s),
+        "headend": lambda s: _headend(config, engine, s, parts.get("ingest", "direct")),
         "worker": lambda s: _worker(config, engine, parts, s),
         "scheduler": lambda s: _scheduler(config, engine, s),
     }
@@ -177,7 +190,7 @@ async def _api(config: Config, parts: dict[str, Any], stop: asyncio.Event) -> No
     await serving
 
 
-async def _headend(config: Config, engine: Any, stop: asyncio.Event) -> None:
+async def _headend(config: Config, engine: Any, stop: asyncio.Event, ingest: str = "direct") -> None:
     from powergate.headend.model import ReadItem
     from powergate.headend.scheduler import ScheduleConfig
     from powergate.services.headend_runtime import HeadendRuntime, HeadendSettings
@@ -190,13 +203,14 @@ async def _headend(config: Config, engine: Any, stop: asyncio.Event) -> None:
         mqtt_group=config.headend_mqtt_group,
         modbus=config.headend_modbus,
         schedule=ScheduleConfig(interval_s=config.headend_read_interval_s, tz=ZoneInfo(config.timezone), items=items),
+        ingest=ingest,
     )
     runtime = HeadendRuntime(engine, settings)
     running = asyncio.create_task(runtime.run(stop))
     readiness = asyncio.create_task(runtime.ready.wait())
     await asyncio.wait([running, readiness], return_when=asyncio.FIRST_COMPLETED)
     if runtime.ready.is_set():
-        print(f"headend: {len(runtime.endpoints)} meters; DTU port {runtime.dtu_port}", flush=True)
+        print(f"headend: {len(runtime.endpoints)} meters; DTU port {runtime.dtu_port}; ingest {ingest}", flush=True)
     else:
         readiness.cancel()
     await running
@@ -212,6 +226,7 @@ async def _worker(config: Config, engine: Any, parts: dict[str, Any], stop: asyn
         outbox_every_s=config.worker_outbox_every_s,
         notify_every_s=config.worker_notify_every_s,
         payments_every_s=config.worker_payments_every_s,
+        ingest_every_s=config.worker_ingest_every_s,
     )
     payments = {name: channel for name, channel in (parts.get("channels") or {}).items() if name not in OFFLINE}
     if "sandbox" in payments and not parts.get("with_api"):
@@ -226,7 +241,11 @@ async def _worker(config: Config, engine: Any, parts: dict[str, Any], stop: asyn
 async def _scheduler(config: Config, engine: Any, stop: asyncio.Event) -> None:
     from powergate.services.worker import JobRunner, SchedulerSettings, scheduler_jobs
 
-    settings = SchedulerSettings(f"{config.worker_name}-scheduler", config.scheduler_freeze_every_s)
+    settings = SchedulerSettings(
+        f"{config.worker_name}-scheduler",
+        config.scheduler_freeze_every_s,
+        readings_keep_months=config.scheduler_readings_keep_months,
+    )
     runner = JobRunner(settings.name, scheduler_jobs(engine, settings))
     print(f"scheduler: {', '.join(job.name for job in runner.jobs)}", flush=True)
     await runner.run(stop)

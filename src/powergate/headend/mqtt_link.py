@@ -9,6 +9,8 @@ Subscriptions (MQTT 5, each tagged with a subscription identifier so a message t
     pg/v1/{site}/{meter}/up/raw         RAW      only while a transparent ``exchange`` with that meter waits
 
 ``{site}`` is ``+`` (every site) unless the link is given the sites it serves (a head-end sharded by site).
+With ``known_only`` (the head-end's setting) messages of meters not registered are dropped before any sink:
+a broker shared with other sites or tenants carries their meters too, and they have no rows here.
 
 Why the extra non-shared subscriptions: a shared subscription hands a message to any one worker, but the ack of a
 command or the reply to a read must reach the worker that waits for it; and a broker sends no retained message
@@ -18,7 +20,10 @@ Acks and statuses are a trickle next to readings, so every worker taking all of 
 Invariants kept:
 - only messages that came by the SHARED subscription go to the sinks: across the workers of a group each uplink
   reading, event and status change is handed to a sink once (copies by the other subscriptions only wake
-  waiters and update the online map);
+  waiters and update the online map); a retained status (the burst a broker sends on subscribe) never goes to
+  a sink: it sets the online map and nothing else;
+- readings reach the sink in batches that grow with the load (``_Batcher``): under a flood one batch holds
+  what arrived while the previous one was written, up to ``batch_size``;
 - every wait has a timeout (``LinkError(TIMEOUT)``), every queue and table a bound (``LinkError(BUSY)`` when full):
   pending commands, waiting reads, per-meter subscriptions, the sink queues, the client's incoming queue;
 - a command is published at QoS 1 and answered by the ack carrying its ``command_id``; an ack ``error`` is
@@ -73,8 +78,12 @@ MAX_DIRECT_SUBSCRIPTIONS = 2_000
 """Meters with a read or a transparent exchange waiting at once (each holds one subscription)."""
 MAX_INCOMING = 20_000
 """Messages the MQTT client buffers before the link takes them; beyond this the client drops (and logs)."""
+MAX_RECEIVE = 65_535
+"""The largest MQTT 5 Receive Maximum (QoS 1 messages the broker may send before our acks)."""
 MAX_SINK_QUEUE = 50_000
-MAX_BATCH = 1_000
+MAX_BATCH = 10_000
+FOREIGN_LOG_EVERY_S = 60.0
+"""At most one log line this often about messages of meters the link does not know (``known_only``)."""
 BROKER_TIMEOUT_S = 10.0
 """A limit on CONNACK, SUBACK and PUBACK: a stuck broker fails the connection instead of hanging it."""
 
@@ -154,6 +163,11 @@ class MqttCounters:
     unmatched: int = 0
     """Acks and raw frames nobody was waiting for (late, or another group's)."""
     sink_failures: int = 0
+    retained: int = 0
+    """Retained statuses (the broker's copy, sent on subscribe): folded into the online map, never a notice."""
+    foreign: int = 0
+    """Readings, events and statuses of meters not registered, dropped (``known_only``): another site or tenant
+    on a shared broker."""
 
 
 # --- conversions -------------------------------------------------------------------------------------------
@@ -232,6 +246,19 @@ def _subscription_ids(message: aiomqtt.Message) -> frozenset[int]:
     return frozenset(ids) if isinstance(ids, list) else frozenset()
 
 
+def _connect_properties(receive_maximum: int) -> Properties:
+    """MQTT 5 Receive Maximum: how many QoS 1 messages the broker may have in flight to us at once.
+
+    The broker's own default is small (Mosquitto: 20 in flight, then 1,000 queued, then it DROPS), and on every
+    connect it sends the retained status of every meter at once: with the default a head-end of 3,000 meters
+    learned the status of 1,020 of them. In flight they cost the broker nothing more, and we take them as fast as
+    they come (a retained status only sets the online map).
+    """
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.ReceiveMaximum = receive_maximum
+    return properties
+
+
 def _subscribe_properties(identifier: int) -> Properties:
     properties = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
     properties.SubscriptionIdentifier = identifier
@@ -245,6 +272,11 @@ T = TypeVar("T")
 
 class _Batcher(Generic[T]):
     """A bounded queue emptied into ``sink`` in batches of at most ``batch_size``, at least every ``wait_s``.
+
+    The sink is called with one batch at a time; while it works, the queue keeps filling, and the next batch
+    takes everything that came meanwhile (up to ``batch_size``) at once. So batches grow with the load by
+    themselves: when idle, an item waits at most ``wait_s`` (small: low latency); under a flood, each batch holds
+    what arrived while the previous one was being written (few, large batches: few transactions).
 
     ``put`` waits while the queue is full: a slow sink slows the link down rather than losing readings here.
     A sink that raises loses that batch (counted and logged); the next batch is tried afresh.
@@ -331,8 +363,9 @@ class MqttLink:
         clock: Clock = utc_now,
         read_timeout_s: float = 10.0,
         command_timeout_s: float = 15.0,
-        batch_size: int = 500,
-        batch_wait_s: float = 0.2,
+        batch_size: int = 5_000,
+        batch_wait_s: float = 0.05,
+        known_only: bool = False,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         keepalive_s: int = 30,
@@ -352,7 +385,10 @@ class MqttLink:
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.keepalive_s = keepalive_s
         self.max_incoming = max_incoming
+        self.known_only = known_only
         self.counters = MqttCounters()
+        self._foreign_logged_at = float("-inf")
+        self._foreign_unlogged = 0
         self.connected = asyncio.Event()
         self.last_error = ""
         self._readings = _Batcher[MeterSnapshot](reading_sink or _discard, self.counters, batch_size, batch_wait_s)
@@ -433,6 +469,7 @@ class MqttLink:
             keepalive=self.keepalive_s,
             timeout=BROKER_TIMEOUT_S,
             max_queued_incoming_messages=self.max_incoming,
+            properties=_connect_properties(min(self.max_incoming, MAX_RECEIVE)),
         )
 
     async def _subscribe_all(self, client: aiomqtt.Client) -> None:
@@ -461,7 +498,7 @@ class MqttLink:
             if not isinstance(payload, bytes | bytearray):
                 self.counters.refused += 1
                 continue
-            await self.handle(str(message.topic), bytes(payload), _subscription_ids(message))
+            await self.handle(str(message.topic), bytes(payload), _subscription_ids(message), bool(message.retain))
 
     def _fail_waiters(self, reason: str) -> None:
         error = LinkError(FailureKind.OFFLINE, reason)
@@ -478,9 +515,18 @@ class MqttLink:
 
     # --- uplink ---
 
-    async def handle(self, topic_text: str, payload: bytes, subscriptions: frozenset[int]) -> None:
+    async def handle(
+        self, topic_text: str, payload: bytes, subscriptions: frozenset[int], retained: bool = False
+    ) -> None:
         """Take one uplink message. Sinks get it only when it came by the shared subscription (or by an
-        unknown one: a broker that sends no subscription identifiers is treated as if everything were shared)."""
+        unknown one: a broker that sends no subscription identifiers is treated as if everything were shared).
+
+        A retained message is the broker's stored copy, sent when we subscribe (every meter's status at once, a
+        burst of thousands on connect): it only sets the online map. With ``known_only``, messages of meters
+        not registered (another site or tenant on the same broker) are dropped, counted and logged in a summary.
+        """
+        if not payload and retained:
+            return  # a cleared retained status: nothing to learn
         decoded = mqtt.decode_for_topic(topic_text, payload)
         if isinstance(decoded, mqtt.SchemaError):
             self.counters.refused += 1
@@ -489,7 +535,14 @@ class MqttLink:
         topic, message = decoded
         shared = SUB_SHARED in subscriptions or not subscriptions
         key = _key(topic.site, topic.meter)
-        if isinstance(message, mqtt.Reading):
+        if self.known_only and key not in self._meter_ids and not isinstance(message, mqtt.Ack | mqtt.RawFrame):
+            if shared or retained:  # count each message once, by the copy that would have reached a sink
+                self._drop_foreign(key)
+            return
+        if isinstance(message, mqtt.Status) and retained:
+            self.counters.retained += 1
+            self._online[key] = message.state == "online"
+        elif isinstance(message, mqtt.Reading):
             await self._on_reading(key, message, shared)
         elif isinstance(message, mqtt.Status):
             await self._on_status(key, message, shared)
@@ -513,6 +566,19 @@ class MqttLink:
 
     def _meter_id(self, key: str, meter: str) -> str:
         return self._meter_ids.get(key, meter)
+
+    def _drop_foreign(self, key: str) -> None:
+        """Count a message of an unknown meter; log a summary at most every ``FOREIGN_LOG_EVERY_S``."""
+        self.counters.foreign += 1
+        self._foreign_unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._foreign_logged_at >= FOREIGN_LOG_EVERY_S:
+            log.warning(
+                "MQTT link %s dropped %d message(s) of meters it does not serve (latest %s; %d in all): another "
+                "site or tenant on this broker, or an endpoint not added yet",
+                self.client_id, self._foreign_unlogged, key, self.counters.foreign,
+            )  # fmt: skip
+            self._foreign_logged_at, self._foreign_unlogged = now, 0
 
     async def _on_reading(self, key: str, reading: mqtt.Reading, shared: bool) -> None:
         waiters = self._reading_waiters.get(key)
@@ -612,7 +678,7 @@ class MqttLink:
         except _Failed as failed:
             return failed.error
         finally:
-            self._pending.pop(wire_id, None)
+            _settled(self._pending.pop(wire_id, None))
 
     async def read(self, endpoint: MeterEndpoint, items: frozenset[ReadItem]) -> MeterSnapshot | LinkError:
         """Publish a ``read`` command and wait for the meter's next reading (it carries every register)."""
@@ -649,7 +715,7 @@ class MqttLink:
         except _Failed as failed:
             return failed.error
         finally:
-            self._pending.pop(command_id, None)
+            _settled(self._pending.pop(command_id, None))
         if isinstance(snapshot, LinkError):
             return snapshot
         return _with_meter_id(snapshot, endpoint.meter_id)
@@ -668,6 +734,7 @@ class MqttLink:
             return await reply
 
     def _forget_reading_waiter(self, key: str, waiter: asyncio.Future[MeterSnapshot]) -> None:
+        _settled(waiter)
         waiters = self._reading_waiters.get(key, [])
         if waiter in waiters:
             waiters.remove(waiter)
@@ -710,7 +777,8 @@ class MqttLink:
         except _Failed as failed:
             return failed.error
         finally:
-            self._raw_waiters.pop(correlation_id, None)
+            entry = self._raw_waiters.pop(correlation_id, None)
+            _settled(entry[1] if entry else None)
         return _reply_frame(request, raw.frame)
 
     @contextlib.asynccontextmanager
@@ -768,6 +836,13 @@ class _Failed(Exception):
     def __init__(self, error: LinkError) -> None:
         super().__init__(error.reason)
         self.error = error
+
+
+def _settled(future: asyncio.Future[Any] | None) -> None:
+    """Mark a waiter's failure as seen when its waiter is gone: losing the broker fails every waiter, also one
+    whose caller is still in ``publish`` and leaves without awaiting it ("exception was never retrieved")."""
+    if future is not None and future.done() and not future.cancelled():
+        future.exception()
 
 
 def _direct_filter(endpoint: MeterEndpoint, kind: mqtt.Kind) -> str:

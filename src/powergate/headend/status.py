@@ -27,11 +27,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from powergate.headend.model import FailureKind, LinkError, MeterEndpoint, MeterSnapshot, Transport
 from powergate.protocols.mqtt import EVENT_TYPES
+from powergate.store.tables import meters
 from powergate.store.tables_headend import MAX_EVENT_DETAIL, meter_endpoints, meter_events, meter_status
 
 DEFAULT_OFFLINE_AFTER_S = 3 * 900.0
 """Three missed 15-minute reads (or heartbeats) and a meter is offline."""
 MAX_WRITE_BATCH = 5_000
+ID_CHUNK = 1_000
+"""Meter ids per ``IN (...)`` when checking which meters of a batch exist."""
 Clock = Callable[[], dt.datetime]
 
 
@@ -220,11 +223,18 @@ class RejectedEvent:
 
 
 def record_events(conn: Connection, events: Sequence[MeterEvent], now: dt.datetime) -> tuple[int, list[RejectedEvent]]:
-    """Insert events not stored yet; returns (how many were new, the events refused and why)."""
+    """Insert events not stored yet; returns (how many were new, the events refused and why).
+
+    An event of a meter that has no row (another site's meter on a shared broker) is refused by name, before the
+    insert: it would otherwise break the foreign key and with it the whole batch.
+    """
     rejected: list[RejectedEvent] = []
     rows: list[dict[str, Any]] = []
+    known = existing_meters(conn, {event.meter_id for event in events})
     for event in events:
-        if event.kind not in EVENT_TYPES:
+        if event.meter_id not in known:
+            rejected.append(RejectedEvent(event, f"meter_id: no meter {event.meter_id!r}"))
+        elif event.kind not in EVENT_TYPES:
             rejected.append(RejectedEvent(event, f"kind: {event.kind!r} is not one of {', '.join(EVENT_TYPES)}"))
         elif event.at.tzinfo is None:
             rejected.append(RejectedEvent(event, f"at: {event.at.isoformat()} has no time zone"))
@@ -250,3 +260,13 @@ def record_events(conn: Connection, events: Sequence[MeterEvent], now: dt.dateti
     for start in range(0, len(rows), MAX_WRITE_BATCH):
         inserted += len(conn.execute(statement, rows[start : start + MAX_WRITE_BATCH]).all())
     return inserted, rejected
+
+
+def existing_meters(conn: Connection, meter_ids: Iterable[str]) -> set[str]:
+    """Those of ``meter_ids`` that have a row in ``meters``."""
+    ids = sorted(set(meter_ids))
+    found: set[str] = set()
+    for start in range(0, len(ids), ID_CHUNK):
+        query = select(meters.c.id).where(meters.c.id.in_(ids[start : start + ID_CHUNK]))
+        found.update(str(meter_id) for meter_id in conn.execute(query).scalars())
+    return found

@@ -4,7 +4,9 @@ This is the composition root of the ``headend`` role (``powergate headend run``)
 learns flowing into the database in batches, through the store layer:
 
 - readings: scheduler (or MQTT push) -> ``snapshot_readings`` -> ``Ingestor.ingest`` (rating and the ledger, one
-  transaction per batch; run in a worker thread so the event loop keeps serving meters);
+  transaction per batch; run in a worker thread so the event loop keeps serving meters); in queue mode
+  (``HeadendSettings.ingest``) each batch is instead one row of the ingest queue that the workers rate and book
+  (``services.ingest_queue``);
 - status: every read outcome feeds a ``StatusTracker``; its changes are written every ``status_every_s``;
 - events pushed by MQTT meters: stored once each (``record_events``);
 - prepaid control: ingest evaluates the balance policy in each batch's transaction (``prepaid.after_ingest``);
@@ -25,12 +27,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from powergate.domain.notifications import Channel
+from powergate.domain.rating import Reading
 from powergate.headend import commands as queue
 from powergate.headend import status as status_store
 from powergate.headend.commands import Dispatcher, DispatchOptions
@@ -44,7 +50,8 @@ from powergate.headend.router import LinkRouter
 from powergate.headend.scheduler import ReadScheduler, ScheduleConfig, snapshot_readings
 from powergate.headend.status import StatusTracker
 from powergate.headend.timesync import TimeSyncAction, TimeSyncPlanner
-from powergate.services import meterside, notify, prepaid, samples
+from powergate.protocols import mqtt as mqtt_protocol
+from powergate.services import ingest_queue, meterside, notify, prepaid, samples
 from powergate.services.ingest import Ingestor, IngestReport
 from powergate.store import wakeup
 
@@ -52,6 +59,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
 SAMPLES_PRUNE_EVERY = dt.timedelta(hours=1)
+INGEST_MODES = ("direct", "queue")
 
 
 def utc_now() -> dt.datetime:
@@ -78,6 +86,13 @@ class HeadendSettings:
     prepaid_every_s: float = 0.1
     """Outbox relay poll: bounds the delay from a payment's commit to its close command (one indexed query)."""
     due_trips_every_s: float = 10.0
+    ingest: str = "direct"
+    """``direct``: rate and book each batch here; ``queue``: write it to ``ingest_batches`` for the workers
+    (``services.ingest_queue``), keeping this process light. Samples, status, the meter-side mirror and clock
+    sync stay here either way."""
+
+    def __post_init__(self) -> None:
+        assert self.ingest in INGEST_MODES, f"ingest must be one of {INGEST_MODES}, got {self.ingest!r}"
 
 
 @dataclass(slots=True)
@@ -95,6 +110,8 @@ class RuntimeStats:
     relayed: int = 0
     relay_problems: int = 0
     samples: int = 0
+    queued: int = 0
+    """Batches written to the ingest queue (queue mode)."""
 
 
 class HeadendRuntime:
@@ -134,15 +151,20 @@ class HeadendRuntime:
             links[Transport.DLT645] = Dlt645Link(self.dtu_server, tz=self.settings.schedule.tz, clock=self.clock)
         if self.settings.mqtt_broker is not None:
             host, port = self.settings.mqtt_broker
+            mqtt_endpoints = [e for e in endpoints if e.transport is Transport.MQTT]
             self.mqtt = MqttLink(
                 host,
                 port,
                 group=self.settings.mqtt_group,
+                # only the sites of our meters: on a broker shared with other sites, subscribing to every site
+                # would bring their retained statuses (thousands, twice) on every connect, crowding our readings
+                sites=mqtt_sites(mqtt_endpoints),
                 reading_sink=self._on_readings,
                 notice_sink=self._on_notices,
                 clock=self.clock,
+                known_only=True,  # a shared broker carries other sites' meters: dropped (counted) by the link
             )
-            self.mqtt.register(e for e in endpoints if e.transport is Transport.MQTT)
+            self.mqtt.register(mqtt_endpoints)
             links[Transport.MQTT] = self.mqtt
             tasks.append(asyncio.create_task(self.mqtt.run(stop)))
         modbus: ModbusLink | None = None
@@ -208,20 +230,30 @@ class HeadendRuntime:
         # only meters this head-end knows: a shared broker also carries other sites' meters, whose samples would
         # break the batch's foreign keys (their readings are still offered to ingest, which rejects them by name)
         known = [snapshot for snapshot in batch if snapshot.meter_id in self.endpoints]
-        stored, bad_samples = await asyncio.to_thread(samples.store_snapshots, self.engine, known)
-        self.stats.samples += stored
-        for problem in bad_samples:
-            log.warning("sample of %s at %s rejected: %s", problem.meter_id, problem.at, problem.reason)
         readings = snapshot_readings(batch)
+        direct = self.settings.ingest != "queue" and bool(readings)
+        if not direct:  # direct ingest stores samples, readings and the mirror in one transaction (_write_direct)
+            stored = await asyncio.to_thread(_retrying, "samples", samples.store_snapshots, self.engine, known)
+            self._count_samples(*stored)
         if not readings:
             return
         async with self._ingest_lock:  # one writer per process: batches are ingested in order
-            report: IngestReport = await asyncio.to_thread(self.ingestor.ingest, readings)
-            if any(snapshot.purchase_count is not None for snapshot in batch):
+            report: IngestReport | None = None
+            if self.settings.ingest == "queue":  # the workers rate and book it (services.ingest_queue)
+                queued = await asyncio.to_thread(
+                    _retrying, "enqueue", ingest_queue.enqueue_batch, self.engine, self.settings.name, readings,
+                    self.clock(),
+                )  # fmt: skip
+                self.stats.queued += len(queued)
+            else:
+                report = await asyncio.to_thread(_retrying, "ingest", self._write_direct, known, readings)
+            if not direct and any(snapshot.purchase_count is not None for snapshot in batch):
                 await asyncio.to_thread(self._mirror, batch)
         await self._sync_clocks(batch)
         self.stats.batches += 1
         self.stats.readings += len(readings)
+        if report is None:
+            return
         self.stats.rated += report.rated
         self.stats.quarantined += report.quarantined
         self.stats.rejected += len(report.rejected)
@@ -256,14 +288,42 @@ class HeadendRuntime:
         if self.dispatcher is not None:
             self.dispatcher.wake()
 
+    def _write_direct(self, known: Sequence[MeterSnapshot], readings: Sequence[Reading]) -> IngestReport:
+        """One transaction for a batch: its samples, its readings rated and booked, the meter-side mirror.
+
+        One commit per batch instead of three: under load the link hands over large batches (``MqttLink``
+        accumulates while the previous one is written), and each costs a fixed number of round trips.
+        """
+        now, started = self.clock(), time.perf_counter()
+        with self.engine.begin() as conn:
+            stored, bad_samples = 0, list[samples.RejectedSample]()
+            batch_samples = samples.from_snapshots(known)
+            for start in range(0, len(batch_samples), samples.MAX_BATCH):
+                count, problems = samples.store(conn, batch_samples[start : start + samples.MAX_BATCH])
+                stored, bad_samples = stored + count, bad_samples + problems
+            report = self.ingestor.ingest_in(conn, readings)
+            alarms = meterside.mirror(conn, known, now) if any(s.purchase_count is not None for s in known) else []
+        log.debug("batch of %d readings written in %.3f s", len(readings), time.perf_counter() - started)
+        self._count_samples(stored, bad_samples)
+        self._count_alarms(alarms)
+        return report
+
+    def _count_samples(self, stored: int, bad_samples: Sequence[samples.RejectedSample]) -> None:
+        self.stats.samples += stored
+        for problem in bad_samples:
+            log.warning("sample of %s at %s rejected: %s", problem.meter_id, problem.at, problem.reason)
+
+    def _count_alarms(self, alarms: Sequence[meterside.Alarm]) -> None:
+        self.stats.alarms += len(alarms)
+        for alarm in alarms:
+            log.warning("reconciliation alarm %s %s: %s", alarm.subject, alarm.kind, alarm.message)
+
     def _mirror(self, batch: Sequence[MeterSnapshot]) -> None:
         """Meter-side meters: store what they report of their balance; mismatches become alarms."""
         now = self.clock()
         with self.engine.begin() as conn:
             alarms = meterside.mirror(conn, batch, now)
-        self.stats.alarms += len(alarms)
-        for alarm in alarms:
-            log.warning("reconciliation alarm %s %s: %s", alarm.subject, alarm.kind, alarm.message)
+        self._count_alarms(alarms)
 
     async def _on_notices(self, notices: Sequence[Notice]) -> None:
         events = [
@@ -333,3 +393,37 @@ class HeadendRuntime:
 
         await asyncio.to_thread(write)
         self.stats.status_writes += len(rows)
+
+
+T = TypeVar("T")
+WRITE_ATTEMPTS = 5
+"""Attempts at a batch's write when the database fails transiently (0.1 s, doubling: about 3 s in all)."""
+
+
+def _retrying(what: str, write: Callable[..., T], *args: object) -> T:
+    """``write(*args)``, tried again after a transient database failure: PostgreSQL chose it as a deadlock
+    victim, or the connection was lost (a database restart or failover). Dropping the batch would lose MQTT
+    readings, which are not sent again; a retried batch is harmless, since readings are keyed by their ids."""
+    delay = 0.1
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            return write(*args)
+        except OperationalError as error:
+            if attempt == WRITE_ATTEMPTS:
+                raise
+            log.warning(
+                "%s failed (attempt %d of %d), again in %.1f s: %s",
+                what, attempt, WRITE_ATTEMPTS, delay, str(error.orig or error).splitlines()[0],
+            )  # fmt: skip
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def mqtt_sites(endpoints: Sequence[MeterEndpoint]) -> tuple[str, ...]:
+    """The MQTT sites (topic level ``{site}``) of these meters; every site (``+``) when there are none, or when a
+    site name could not be subscribed to by name."""
+    sites = sorted({endpoint.link_id for endpoint in endpoints})
+    if not sites or not all(mqtt_protocol.valid_id(site) for site in sites):
+        return ("+",)
+    return tuple(sites)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from powergate.domain.calendar import SiteCalendar
 from powergate.domain.ledger import Entry, charge_entry
@@ -40,6 +40,7 @@ from powergate.services.site_calendar import SiteCalendars, sites_of_meters
 from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.bulk import Bulk
+from powergate.store.tables import tariffs
 
 MAX_BATCH = 20_000
 MAX_CACHED_CONTEXTS = 10_000
@@ -72,8 +73,13 @@ class IngestReport:
 
 class RatingContexts:
     """Builds and caches one ``RatingContext`` per (tariff, time zone, limits, site calendar); tariffs are parsed
-    once. ``prepare`` (once per batch) looks up the calendar of each meter's site, so a meter that belongs to a
-    site is rated by its site's day types (admin overrides included, from the next batch after a change)."""
+    once per stored document. ``prepare`` (once per batch) looks up the calendar of each meter's site, so a meter
+    that belongs to a site is rated by its site's day types (admin overrides included, from the next batch after a
+    change). The first meter of a tariff in a batch reads the tariff's stored document (a primary-key lookup, so
+    one query per tariff in use per batch): a tariff whose document changed since its contexts were built (a new
+    version published from the console, the API or the CLI, by any process) has them dropped, so every running
+    ingest rates the next batch with the new document. Effective dates stay the rating engine's business:
+    readings before a new version's start are still priced by the version in effect then."""
 
     def __init__(
         self,
@@ -84,14 +90,37 @@ class RatingContexts:
         self._cache: dict[tuple[str, str, int, int, int], RatingContext] = {}
         self._calendars = calendars if calendars is not None else SiteCalendars()
         self._site_calendars: dict[str, SiteCalendar] = {}
+        self._documents: dict[str, str] = {}
+        """tariff id -> the stored document its cached contexts were built from (as last read here)."""
+        self._checked: set[str] = set()
+        """Tariffs whose document this batch has checked already."""
 
     def prepare(self, conn: Connection, meter_ids: Sequence[str]) -> None:
-        """The site calendar of each meter of a batch that belongs to a site (two indexed queries)."""
+        """The site calendar of each meter of a batch that belongs to a site (two indexed queries); the stored
+        documents of the batch's tariffs are checked again (``for_meter``)."""
         site_of = sites_of_meters(conn, meter_ids)
         calendars = self._calendars.for_sites(conn, site_of.values())
         self._site_calendars = {meter_id: calendars[site_id] for meter_id, site_id in site_of.items()}
+        self._checked.clear()
+
+    def _check_document(self, conn: Connection, tariff_id: str) -> None:
+        """Drop the tariff's contexts if its stored document changed since they were built (one primary-key
+        lookup, once per tariff per batch)."""
+        document = conn.execute(select(tariffs.c.document).where(tariffs.c.id == tariff_id)).scalar()
+        known = self._documents.get(tariff_id)
+        if known is not None and known != document:
+            self._cache = {key: context for key, context in self._cache.items() if key[0] != tariff_id}
+        if document is not None:
+            if len(self._documents) >= MAX_CACHED_CONTEXTS:
+                # contexts whose document is no longer remembered could not be checked: drop them together
+                self._documents.clear()
+                self._cache.clear()
+            self._documents[tariff_id] = document
+        self._checked.add(tariff_id)
 
     def for_meter(self, conn: Connection, meter: metering.MeterRow) -> RatingContext:
+        if meter.tariff_id not in self._checked:
+            self._check_document(conn, meter.tariff_id)
         calendar = self._site_calendars.get(meter.meter_id)
         # a cached context keeps its calendar alive, so the id of a cached calendar is never reused
         key = (meter.tariff_id, meter.timezone, meter.register_max_wh, meter.max_power_w, id(calendar))
@@ -107,6 +136,8 @@ class RatingContexts:
 
     def forget(self) -> None:
         self._cache.clear()
+        self._documents.clear()
+        self._checked.clear()
 
 
 def default_context_builder(conn: Connection, meter: metering.MeterRow) -> RatingContext:
@@ -140,15 +171,29 @@ class Ingestor:
         self.accounts = ledger_store.AccountCache()
 
     def ingest(self, batch: Sequence[Reading]) -> IngestReport:
+        """Ingest ``batch`` in a transaction of its own."""
+        with self.engine.begin() as conn:
+            return self.ingest_in(conn, batch)
+
+    def ingest_in(self, conn: Connection, batch: Sequence[Reading]) -> IngestReport:
+        """Ingest ``batch`` within the caller's transaction on ``conn`` (which commits or rolls back all of it).
+
+        Each attempt runs in a savepoint, so a failed one leaves the caller's transaction as it was: the ingest
+        queue's worker holds its claimed batch row in the same transaction and deletes it on success.
+        """
         if len(batch) > MAX_BATCH:
             raise ValueError(f"a batch holds at most {MAX_BATCH} readings, got {len(batch)}; split it")
         for attempt in (1, 2):
             try:
-                with self.engine.begin() as conn:
+                with conn.begin_nested():
                     return self._ingest(conn, batch)
-            except IntegrityError:
+            except (IntegrityError, OperationalError) as error:
                 # A concurrent writer stored some of these readings or accounts first: start again from the
-                # database, where they are now visible as duplicates.
+                # database, where they are now visible as duplicates (a new statement sees what it committed).
+                # PostgreSQL may also pick this batch as a deadlock victim (two first batches of new meters have
+                # no state rows to queue on): the savepoint is gone, try once more.
+                if isinstance(error, OperationalError) and not _transient(error):
+                    raise
                 self.accounts.forget()
                 if attempt == 2:
                     raise
@@ -163,13 +208,18 @@ class Ingestor:
                 report.duplicates += 1
             else:
                 unique[reading.reading_id] = reading
-        seen = metering.existing_reading_ids(conn, list(unique))
+        # Lock the meters' states before looking up known ids: another process may be rating these meters right
+        # now, and once it commits we see its readings as duplicates (a reading id alone is no longer a unique
+        # key on partitioned PostgreSQL, where the key is (id, at)). A meter without a state yet has no row to
+        # lock: two first batches of one meter then collide on its new state row and ours is retried.
+        metering.lock_states(conn, sorted({r.meter_id for r in unique.values()}))
+        times = [r.at for r in unique.values()]
+        seen = metering.existing_reading_ids(conn, list(unique), (min(times), max(times)) if times else None)
         report.duplicates += len(seen)
         fresh = [r for r in unique.values() if r.reading_id not in seen]
         meter_ids = sorted({r.meter_id for r in fresh})
         meters = metering.load_meters(conn, meter_ids)
         self.contexts.prepare(conn, meter_ids)
-        metering.lock_states(conn, meter_ids)  # another process may be rating these meters right now
         states = metering.load_states(conn, meter_ids)
         had_state = set(states)
         fresh.sort(key=_INGEST_ORDER)
@@ -238,6 +288,14 @@ class Ingestor:
 
 
 _INGEST_ORDER = attrgetter("meter_id", "at", "reading_id")
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+"""PostgreSQL's deadlock_detected and serialization_failure: the transaction may simply be tried again."""
+
+
+def _transient(error: OperationalError) -> bool:
+    return getattr(error.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
 ENTRY_ID_COLUMN = metering.READING_COLUMNS.index("entry_id")
 MAX_CACHED_TIMES = 50_000
 """Bound on the instants one batch remembers the ISO text of."""

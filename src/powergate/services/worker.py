@@ -2,18 +2,23 @@
 
 ``powergate serve --role worker`` runs ``worker_jobs``: the outbox relay (trip / close commands and the
 notifications of balance decisions) and trips deferred out of a friendly window, notification delivery through
-the configured channels, and the reconciliation of unpaid payment orders with their providers.
+the configured channels, the reconciliation of unpaid payment orders with their providers, and the ingest queue
+(batches of readings written by head-ends in queue mode, rated and booked here; ``services.ingest_queue``).
 ``--role scheduler`` runs ``scheduler_jobs``: the daily freeze of every site (catching up every missed midnight)
-and, once a month has ended, its monthly freeze and settlement.
+and, once a month has ended, its monthly freeze and settlement; once a day, the partitions of ``readings`` and
+the retention of raw readings (``services.retention``).
 
 Every job is safe to run in several processes at once, so roles can be split and doubled freely:
 - the outbox relay marks rows with a conditional UPDATE and commands are keyed by the outbox key;
 - notifications are claimed with leases (``services.notify.DeliveryWorker``);
 - payment reconciliation settles through ``payments.settle``, which credits a payment once;
-- freezes are keyed (job, period) runs (``services.freeze.claim``).
+- a queued batch of readings is claimed with ``FOR UPDATE SKIP LOCKED`` and deleted in the transaction that books
+  it (``services.ingest_queue``);
+- freezes and the readings maintenance are keyed (job, period) runs (``services.freeze.claim``).
 
-A job may also be woken (``Job.wake``): the outbox relay runs as soon as any process commits an outbox row
-(``store.wakeup``: LISTEN / NOTIFY on PostgreSQL), its interval staying the upper bound.
+A job may also be woken (``Job.wake``): the outbox relay runs as soon as any process commits an outbox row, the
+ingest job as soon as a head-end commits a batch (``store.wakeup``: LISTEN / NOTIFY on PostgreSQL), its interval
+staying the upper bound. A job that stopped at its limit with work left (``Job.again``) runs again at once.
 
 Invariants of the runner: one job's failure is logged and counted and never stops the others (it runs again at
 its next interval); jobs run one at a time, in a worker thread when they block, so the event loop stays free;
@@ -31,7 +36,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, text
 
 from powergate.domain.notifications import Channel
-from powergate.services import autorecharge, batch, billing, freeze, notices, notify, payments, prepaid
+from powergate.services import autorecharge, batch, billing, freeze, notices, notify, payments, prepaid, retention
+from powergate.services.ingest import Ingestor
+from powergate.services.ingest_queue import IngestQueue
 from powergate.store import wakeup
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,9 @@ class Job:
     run: JobFn
     wake: Callable[[], wakeup.Subscription] | None = None
     """Makes a subscription whose wake-ups run the job at once (``every_s`` stays the upper bound)."""
+    again: Callable[[], bool] | None = None
+    """After a run: True when the job stopped at its limit with work left; it is then due again at once (the
+    other due jobs run first)."""
 
     def __post_init__(self) -> None:
         assert self.every_s > 0, f"job {self.name}: every_s must be positive"
@@ -104,7 +114,8 @@ class JobRunner:
                         break
                     if loop.time() >= due[job.name]:
                         await self.run_once(job)
-                        due[job.name] = loop.time() + job.every_s
+                        more = job.again is not None and job.again()
+                        due[job.name] = loop.time() + (0.0 if more else job.every_s)
                 wait_s = min(due.values(), default=loop.time() + 1.0) - loop.time()
                 await self._idle(stop, max(wait_s, 0.01), wakes, due)
         finally:
@@ -152,6 +163,13 @@ class WorkerSettings:
     """Batch operations: start those due, collect their commands' results, start the next targets."""
     autorecharge_every_s: float = 5.0
     """Wallets bound to a payment agreement whose balance fell below their threshold."""
+    ingest_queue: bool = True
+    """Ingest the batches head-ends in queue mode wrote (``services.ingest_queue``); an empty queue costs one
+    indexed query per ``ingest_every_s``."""
+    ingest_every_s: float = 1.0
+    """Upper bound of the wait for a queued batch (a head-end's commit wakes the job at once)."""
+    ingest_max_attempts: int = 3
+    """Failed attempts (not transient) after which a batch is parked as failed."""
 
 
 @dataclass(slots=True)
@@ -166,6 +184,11 @@ class WorkerTotals:
     notifications_failed: int = 0
     payments_credited: int = 0
     payments_expired: int = 0
+    ingested_batches: int = 0
+    ingested_readings: int = 0
+    ingest_failures: int = 0
+    """Failed attempts to ingest a queued batch (not transient); ``ingest_parked`` of them parked it."""
+    ingest_parked: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -219,6 +242,9 @@ def worker_jobs(
     async def run_billing(now: dt.datetime) -> str | None:
         return await asyncio.to_thread(billing_due, now)
 
+    if settings.ingest_queue:
+        jobs.append(_ingest_job(engine, settings, clock, done))
+
     jobs.append(Job("notices", settings.notices_every_s, produce_notices))
     jobs.append(Job("billing", settings.billing_every_s, run_billing))
 
@@ -263,6 +289,26 @@ def worker_jobs(
     return jobs
 
 
+def _ingest_job(engine: Engine, settings: WorkerSettings, clock: Clock, done: WorkerTotals) -> Job:
+    """Batches of readings queued by head-ends: rated and booked here, oldest first, each exactly once."""
+    ingestor = Ingestor(engine, clock=clock, after_post=prepaid.after_ingest)
+    queue = IngestQueue(engine, ingestor, max_attempts=settings.ingest_max_attempts, clock=clock)
+    left = [False]
+
+    async def ingest(now: dt.datetime) -> str | None:
+        left[0] = False  # a round that fails (the database went away) waits its interval, not a hot loop
+        drained = await asyncio.to_thread(queue.drain)
+        left[0] = drained.more
+        done.ingested_batches += drained.batches
+        done.ingested_readings += drained.readings
+        done.ingest_failures += drained.failures
+        done.ingest_parked += len(drained.parked)
+        return drained.summary()
+
+    return Job("ingest", settings.ingest_every_s, ingest, wake=lambda: wakeup.subscribe(engine, wakeup.INGEST),
+               again=lambda: left[0])  # fmt: skip
+
+
 # --- the scheduler role --------------------------------------------------------------------------------------
 
 
@@ -270,6 +316,10 @@ def worker_jobs(
 class SchedulerSettings:
     name: str = "scheduler-1"
     freeze_every_s: float = 300.0
+    readings_keep_months: int = 0
+    """Months of raw readings kept (0: all); see ``services.retention``."""
+    readings_every_s: float = 3600.0
+    """Seconds between two looks for the day's partition maintenance and retention (it runs once a day)."""
 
 
 def _freeze_scopes(engine: Engine) -> list[int | str]:
@@ -325,4 +375,13 @@ def scheduler_jobs(engine: Engine, settings: SchedulerSettings, clock: Clock = u
     async def freeze_job(now: dt.datetime) -> str | None:
         return await asyncio.to_thread(freeze_due, now)
 
-    return [Job("freeze", settings.freeze_every_s, freeze_job)]
+    async def readings_job(now: dt.datetime) -> str | None:
+        run = await asyncio.to_thread(retention.run_retention, engine, now, settings.readings_keep_months)
+        for problem in run.problems:
+            log.warning("readings retention: %s", problem)
+        return run.summary()
+
+    return [
+        Job("freeze", settings.freeze_every_s, freeze_job),
+        Job("readings", settings.readings_every_s, readings_job),
+    ]

@@ -249,10 +249,16 @@ def post_batch(
 def apply_deltas(conn: Connection, deltas: dict[int, int], bulk: Bulk | None = None) -> None:
     """Add the net change per account id to the materialised balances (one statement, many rows).
 
-    Rows go in account id order, so concurrent batches lock accounts in the same order (no deadlock).
+    Concurrent writers lock the accounts in id order, so they never deadlock: on PostgreSQL an ``UPDATE ... FROM
+    unnest(...)`` locks rows in whatever order its plan visits them, so the rows are locked first with an ordered
+    ``SELECT ... FOR UPDATE``; SQLite's single writer needs no lock.
     """
     rows = [(a, d) for a, d in sorted(deltas.items()) if d != 0]
-    (bulk or Bulk(conn)).update("ledger_accounts", ("id", "bigint"), [("balance_micros", "bigint")], rows, add=True)
+    bulk = bulk or Bulk(conn)
+    if rows and not bulk.sqlite:
+        ids = [account_id for account_id, _ in rows]
+        conn.exec_driver_sql("SELECT id FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+    bulk.update("ledger_accounts", ("id", "bigint"), [("balance_micros", "bigint")], rows, add=True)
 
 
 def audit(conn: Connection) -> list[Discrepancy]:

@@ -164,8 +164,26 @@ def save_states(
     bulk.insert("meter_rating_state", ("meter_id", *(name for name, _ in STATE_COLUMNS)), inserts)
 
 
-def existing_reading_ids(conn: Connection, reading_ids: Sequence[str]) -> set[str]:
-    return {str(row[0]) for row in Bulk(conn).select_in("SELECT id FROM readings", "id", reading_ids)}
+def existing_reading_ids(
+    conn: Connection, reading_ids: Sequence[str], within: tuple[dt.datetime, dt.datetime] | None = None
+) -> set[str]:
+    """The ids among ``reading_ids`` already stored.
+
+    ``within`` (first, last): the readings' times. On PostgreSQL, where ``readings`` is partitioned by month
+    and the key is (id, at), the search is limited to ``READING_ID_SLACK`` around them, so it probes the
+    partitions of those months only; sound because a reading id determines its instant (to the second: the
+    head-end's ids are ``<meter>@<unix seconds>``).
+    """
+    query = "SELECT id FROM readings"
+    if within is not None and conn.dialect.name == "postgresql":
+        first, last = within[0] - READING_ID_SLACK, within[1] + READING_ID_SLACK
+        query = f"SELECT id FROM (SELECT id FROM readings WHERE at >= '{first.isoformat()}'"
+        query += f" AND at <= '{last.isoformat()}') AS near"
+    return {str(row[0]) for row in Bulk(conn).select_in(query, "id", reading_ids)}
+
+
+READING_ID_SLACK = dt.timedelta(days=1)
+"""How far from the instant in its id a reading's time may be (ids carry whole seconds; this is generous)."""
 
 
 READING_COLUMNS = (

@@ -5,9 +5,10 @@ their next poll, so the delay from a payment to its close command depends on pol
 processes. With it:
 
 - ``install(engine)`` (done by ``store.db.make_engine`` for every engine) watches the statements a transaction
-  runs. A transaction that inserts into ``outbox`` or ``meter_commands`` sends ``NOTIFY powergate_outbox`` /
-  ``NOTIFY powergate_commands`` inside itself, just before it commits (PostgreSQL delivers a notification only
-  if, and when, its transaction commits; several in one transaction fold into one). After the commit, when the
+  runs. A transaction that inserts into ``outbox``, ``meter_commands`` or ``ingest_batches`` sends ``NOTIFY
+  powergate_outbox`` / ``powergate_commands`` / ``powergate_ingest`` inside itself, just before it commits
+  (PostgreSQL delivers a notification only if, and when, its transaction commits; several in one transaction
+  fold into one). After the commit, when the
   connection goes back to the pool, the same process's waiters are signalled directly (this is the whole
   mechanism on SQLite, where roles share one process).
 - ``subscribe(engine, channel)`` gives an asyncio ``Subscription``: ``await sub.wait(timeout_s)`` returns when
@@ -38,8 +39,14 @@ log = logging.getLogger(__name__)
 
 OUTBOX = "powergate_outbox"
 COMMANDS = "powergate_commands"
-CHANNELS = (OUTBOX, COMMANDS)
-_WATCHED = (("INSERT INTO outbox ", OUTBOX), ("INSERT INTO meter_commands ", COMMANDS))
+INGEST = "powergate_ingest"
+"""A head-end in queue mode wrote a batch of readings (``ingest_batches``): the workers' ingest job runs."""
+CHANNELS = (OUTBOX, COMMANDS, INGEST)
+_WATCHED = (
+    ("INSERT INTO outbox ", OUTBOX),
+    ("INSERT INTO meter_commands ", COMMANDS),
+    ("INSERT INTO ingest_batches ", INGEST),
+)
 """Statement prefixes (as SQLAlchemy compiles an ``insert(table)``) and the channel each one wakes."""
 _PENDING = "powergate_wakeup_pending"
 """``Connection.info`` key: channels the open transaction will notify when it commits."""

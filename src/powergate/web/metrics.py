@@ -5,6 +5,7 @@
   bounded); a request that matched no route is counted as route ``unmatched``.
 - ``powergate_meters{state="online"|"offline"}`` from ``meter_status``; ``powergate_outbox_backlog`` (rows not
   yet processed); ``powergate_meter_commands{state}`` for the states that still occupy a meter's queue;
+  ``powergate_ingest_batches{state="queued"|"failed"}`` (the ingest queue: waiting, and parked after failing);
   ``powergate_database_up``. These are read from the database at each scrape (no background polling).
 
 Each application has its own registry (``app.state.metrics``), so several apps in one process (tests) do not
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from powergate.store.tables_commands import OPEN_STATES, meter_commands
 from powergate.store.tables_headend import meter_status
+from powergate.store.tables_ingest_queue import BATCH_STATES, ingest_batches
 from powergate.store.tables_prepaid import outbox
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,6 +56,9 @@ class DatabaseCollector(Collector):
                         .group_by(meter_commands.c.state)
                     ).all()
                 )
+                ingest: dict[Any, int] = dict(
+                    conn.execute(select(ingest_batches.c.state, func.count()).group_by(ingest_batches.c.state)).all()
+                )
         except Exception:
             up.add_metric([], 0)
             yield up
@@ -71,6 +76,12 @@ class DatabaseCollector(Collector):
         for state in OPEN_STATES:
             commands.add_metric([state], int(by_state.get(state, 0)))
         yield commands
+        batches = GaugeMetricFamily(
+            "powergate_ingest_batches", "Batches of readings in the ingest queue, by state", labels=["state"]
+        )
+        for state in BATCH_STATES:
+            batches.add_metric([state], int(ingest.get(state, 0)))
+        yield batches
 
 
 class Metrics:
