@@ -163,7 +163,8 @@ def precompute(engine: Engine, work: list[list[Reading]], baseline: list[Reading
     return out
 
 
-def run_ceiling(engine: Engine, rows_per_batch: Precomputed) -> float:
+def run_ceiling(engine: Engine, rows_per_batch: Precomputed, shares: dict[str, float] | None = None) -> float:
+    """The precomputed rows written through the store; ``shares`` (if given) gets the seconds each part took."""
     accounts = ledger_store.AccountCache()
     with engine.begin() as conn:  # warm the account cache outside the timed region, as ingest has it
         for _rows, entries, _states in rows_per_batch[:1]:
@@ -172,15 +173,27 @@ def run_ceiling(engine: Engine, rows_per_batch: Precomputed) -> float:
                     accounts.id_of(conn, posting.account, NOW)
     column = ENTRY_ID_COLUMN
     started = time.perf_counter()
+    spent = shares if shares is not None else {}
+    for part in ("ledger", "readings", "states", "commit"):
+        spent.setdefault(part, 0.0)
+    clock = time.perf_counter
     for rows, entries, states in rows_per_batch:
         with engine.begin() as conn:
             bulk = Bulk(conn)
+            t0 = clock()
             ids = ledger_store.post_batch(conn, entries, NOW, accounts, bulk)
             rows_with_ids = [
                 (*row[:column], None if row[column] is None else ids[row[column]], *row[column + 1 :]) for row in rows
             ]
+            t1 = clock()
             metering.insert_readings(conn, rows_with_ids, bulk)
+            t2 = clock()
             metering.save_states(conn, states, {s.meter_id for s in states}, bulk)
+            t3 = clock()
+        spent["ledger"] += t1 - t0
+        spent["readings"] += t2 - t1
+        spent["states"] += t3 - t2
+        spent["commit"] += clock() - t3
     return time.perf_counter() - started
 
 
@@ -189,6 +202,7 @@ def measure(make_url: Callable[[], tuple[str, Callable[[], None]]], meters: int,
     baseline, work = rounds[0], batches(rounds[1:])
     count = sum(len(b) for b in work)
     ingest_rates, ceiling_rates = [], []
+    shares: list[dict[str, float]] = []
     for _ in range(REPEATS):
         for kind in ("ingest", "ceiling"):
             url, cleanup = make_url()
@@ -198,17 +212,21 @@ def measure(make_url: Callable[[], tuple[str, Callable[[], None]]], meters: int,
                 if kind == "ingest":
                     ingest_rates.append(count / run_ingest(engine, work))
                 else:
-                    ceiling_rates.append(count / run_ceiling(engine, rows))
+                    shares.append({})
+                    ceiling_rates.append(count / run_ceiling(engine, rows, shares[-1]))
                 with engine.connect() as conn:
                     assert ledger_store.audit(conn) == []
             finally:
                 engine.dispose()
                 cleanup()
-    return {
+    result = {
         "readings": count,
         "ingest": statistics.median(ingest_rates),
         "ceiling": statistics.median(ceiling_rates),
     }
+    for part in shares[0]:  # microseconds per reading of each part of the ceiling, median over the runs
+        result[f"us_{part}"] = statistics.median(s[part] for s in shares) / count * 1e6
+    return result
 
 
 def sqlite_url() -> tuple[str, Callable[[], None]]:
@@ -258,8 +276,10 @@ def run(quick: bool) -> str:
     targets = [("SQLite (WAL file)", sqlite_url, "50,000/s")]
     if postgres_available():
         targets.append(("PostgreSQL 15 (loopback)", postgres_url, "25,000/s"))
+    results = []
     for label, make_url, goal in targets:
         result = measure(make_url, meters, per_meter)
+        results.append((label, goal, result))
         ratio = result["ingest"] / result["ceiling"]
         lines.append(
             f"| {label} | {result['readings']:,.0f} | {result['ingest']:,.0f} | {result['ceiling']:,.0f} | "
@@ -267,4 +287,22 @@ def run(quick: bool) -> str:
         )
     if not postgres_available():
         lines.append("| PostgreSQL | - | not measured: server not reachable at 127.0.0.1:5432 | | | |")
+    lines += [
+        "",
+        "Where the time goes, in microseconds per reading (medians). *Ledger*: entries, postings and balance "
+        "updates; *readings*: the reading rows alone (two indexes: the id and (meter, time)); *states*: the "
+        "meters' rating states; *Python*: everything ingest does outside those writes (duplicate lookup, meters "
+        "and states read, rating, building the rows). *Budget*: what the goal allows per reading.",
+        "",
+        "| Database | Ledger | Readings | States | Commit | Python (ingest - ceiling) | Ingest total | Budget |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, goal, result in results:
+        total = 1e6 / result["ingest"]
+        python = total - 1e6 / result["ceiling"]
+        budget = 1e6 / int(goal.split("/")[0].replace(",", ""))
+        lines.append(
+            f"| {label} | {result['us_ledger']:.1f} | {result['us_readings']:.1f} | {result['us_states']:.1f} | "
+            f"{result['us_commit']:.1f} | {python:.1f} | {total:.1f} | {budget:.0f} |"
+        )
     return "\n".join(lines)
