@@ -77,3 +77,15 @@ def truncate_all(url: str) -> None:
         conn.execute(deletes)
         for sequence in sequences:
             conn.execute(f'ALTER SEQUENCE "{sequence}" RESTART')
+
+
+FLAT_TARIFF = """
+id = "flat"
+name = "1 yuan/kWh"
+commodity = "electricity"
+currency = "CNY"
+[[versions]]
+effective_from = "2020-01-01"
+price = "1.0000"
+"""
+"""The tariff file of a flat 1 yuan/kWh tariff with id ``flat``: integration tests' meters are rated by it."""

@@ -29,20 +29,12 @@ from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.tables import readings
 from powergate.store.tables_headend import meter_events
+from testkit import FLAT_TARIFF
 
 pytestmark = pytest.mark.mqtt
 TIMEOUT_S = 15.0
 RETAINED = 3_000
 AT = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
-FLAT_TARIFF = """
-id = "flat"
-name = "1 yuan/kWh"
-commodity = "electricity"
-currency = "CNY"
-[[versions]]
-effective_from = "2020-01-01"
-price = "1.0000"
-"""
 
 
 def unique(prefix: str) -> str:

@@ -21,18 +21,9 @@ from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.tables import readings
 from powergate.store.tables_headend import meter_status
-from testkit import free_port
+from testkit import FLAT_TARIFF, free_port
 
 METERS, DTUS, SEED = 20, 2, 7
-FLAT_TARIFF = """
-id = "flat"
-name = "1 yuan/kWh"
-commodity = "electricity"
-currency = "CNY"
-[[versions]]
-effective_from = "2020-01-01"
-price = "1.0000"
-"""
 
 
 def prepare(engine: Engine, fleet: Fleet, now: dt.datetime) -> list[MeterEndpoint]:

@@ -42,18 +42,10 @@ from powergate.store.db import make_engine
 from powergate.store.tables import ledger_entries, readings, tariffs
 from powergate.store.tables_ingest_queue import ingest_batches
 from powergate.store.tables_prepaid import outbox
+from testkit import FLAT_TARIFF as TARIFF
 from testkit import truncate_all
 
 ROOT = Path(__file__).resolve().parents[2]
-TARIFF = """
-id = "flat"
-name = "1 yuan/kWh"
-commodity = "electricity"
-currency = "CNY"
-[[versions]]
-effective_from = "2020-01-01"
-price = "1.0000"
-"""
 MICROS_PER_WH = 1_000
 """1 yuan/kWh: one Wh costs 1,000 micros exactly."""
 WAKE_DEADLINE_S = 5.0

@@ -72,6 +72,7 @@ from powergate.store.tables import ledger_accounts, ledger_entries, readings
 from powergate.store.tables_commands import meter_commands
 from powergate.store.tables_ingest_queue import ingest_batches
 from powergate.store.tables_prepaid import outbox
+from testkit import FLAT_TARIFF as TARIFF
 from testkit import free_port
 from testkit import truncate_all as _truncate_all
 
@@ -81,15 +82,6 @@ MQTT_METERS, MQTT_CONNECTIONS = 12, 2
 INTERVAL_S = 2.0
 PRICE_MICROS_PER_WH = 1_000
 """1 yuan/kWh: one Wh costs 1,000 micros exactly, so the expected charge of a meter is an integer."""
-TARIFF = """
-id = "flat"
-name = "1 yuan/kWh"
-commodity = "electricity"
-currency = "CNY"
-[[versions]]
-effective_from = "2020-01-01"
-price = "1.0000"
-"""
 TARGET_WH_PER_S = 8
 """Each meter's load is scaled to about this, so a balance of a few jiao runs out within the test."""
 START_BALANCE_FEN = (15, 25, 40)

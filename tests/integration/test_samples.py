@@ -22,17 +22,9 @@ from powergate.sim.fleet import Fleet, FleetOptions
 from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.tables_samples import meter_samples
+from testkit import FLAT_TARIFF
 
 NOW = dt.datetime(2026, 12, 1, 4, 0, tzinfo=dt.UTC)
-FLAT_TARIFF = """
-id = "flat"
-name = "1 yuan/kWh"
-commodity = "electricity"
-currency = "CNY"
-[[versions]]
-effective_from = "2020-01-01"
-price = "1.0000"
-"""
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -396,15 +397,17 @@ class HeadendRuntime:
 
 
 T = TypeVar("T")
-WRITE_ATTEMPTS = 5
-"""Attempts at a batch's write when the database fails transiently (0.1 s, doubling: about 3 s in all)."""
+WRITE_ATTEMPTS = 8
+"""Attempts at a batch's write when the database fails transiently (waits from 0.05 s, doubling up to 2 s, with
+jitter: about 5 s in all; meanwhile the link keeps gathering the next batch)."""
+MAX_WRITE_DELAY_S = 2.0
 
 
 def _retrying(what: str, write: Callable[..., T], *args: object) -> T:
     """``write(*args)``, tried again after a transient database failure: PostgreSQL chose it as a deadlock
     victim, or the connection was lost (a database restart or failover). Dropping the batch would lose MQTT
     readings, which are not sent again; a retried batch is harmless, since readings are keyed by their ids."""
-    delay = 0.1
+    delay = 0.05
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
             return write(*args)
@@ -415,8 +418,8 @@ def _retrying(what: str, write: Callable[..., T], *args: object) -> T:
                 "%s failed (attempt %d of %d), again in %.1f s: %s",
                 what, attempt, WRITE_ATTEMPTS, delay, str(error.orig or error).splitlines()[0],
             )  # fmt: skip
-            time.sleep(delay)
-            delay *= 2
+            time.sleep(delay * random.uniform(0.5, 1.5))  # jitter: two victims do not collide again in step
+            delay = min(delay * 2, MAX_WRITE_DELAY_S)
     raise AssertionError("unreachable")
 
 

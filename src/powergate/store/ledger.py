@@ -251,13 +251,15 @@ def apply_deltas(conn: Connection, deltas: dict[int, int], bulk: Bulk | None = N
 
     Concurrent writers lock the accounts in id order, so they never deadlock: on PostgreSQL an ``UPDATE ... FROM
     unnest(...)`` locks rows in whatever order its plan visits them, so the rows are locked first with an ordered
-    ``SELECT ... FOR UPDATE``; SQLite's single writer needs no lock.
+    ``SELECT ... FOR NO KEY UPDATE`` (the lock the UPDATE itself takes; ``FOR UPDATE`` would also conflict with
+    the key-share locks that inserting postings and notifications take on their accounts, and deadlock with
+    them); SQLite's single writer needs no lock.
     """
     rows = [(a, d) for a, d in sorted(deltas.items()) if d != 0]
     bulk = bulk or Bulk(conn)
     if rows and not bulk.sqlite:
         ids = [account_id for account_id, _ in rows]
-        conn.exec_driver_sql("SELECT id FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+        conn.exec_driver_sql("SELECT id FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", (ids,))
     bulk.update("ledger_accounts", ("id", "bigint"), [("balance_micros", "bigint")], rows, add=True)
 
 
