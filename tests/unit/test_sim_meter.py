@@ -521,3 +521,16 @@ def test_powergate_sim_refuses_a_bad_option_and_names_it(
 
     assert main(["sim", *argv]) == 2
     assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("event", [None, EventKind.REVERSE_CURRENT, EventKind.CURRENT_LOSS, EventKind.VOLTAGE_LOSS])
+def test_the_instant_values_at_once_are_the_single_getters_values(event: EventKind | None) -> None:
+    m = meter(power_w=2300)
+    m.advance(T0 + 90)
+    if event is not None:
+        m.begin_event(event, T0 + 90)
+    assert m.instant_values() == (m.voltage_dv(), m.current_ma(), m.signed_power_w(), m.power_factor_milli(),
+                                  m.frequency_chz())  # fmt: skip
+    assert m.has_notices() == (event is not None)
+    m.drain_notices()
+    assert not m.has_notices()

@@ -496,11 +496,21 @@ class VirtualMeter:
 
     def current_ma(self) -> int:
         """Current in mA, signed like the power (0 during current loss)."""
-        voltage = self.voltage_dv()
-        if voltage == 0 or self.flags & self._event_bit(EventKind.CURRENT_LOSS):
+        return self._current_ma(self.voltage_dv(), self.power_factor_milli())
+
+    def _current_ma(self, voltage_dv: int, power_factor_milli: int) -> int:
+        if voltage_dv == 0 or self.flags & self._event_bit(EventKind.CURRENT_LOSS):
             return 0
         # P = U I pf  ->  I[mA] = P[W] / (U[dV]/10 * pf[milli]/1000) * 1000
-        return self.signed_power_w() * 10_000_000 // (voltage * self.power_factor_milli())
+        return self.signed_power_w() * 10_000_000 // (voltage_dv * power_factor_milli)
+
+    def instant_values(self) -> tuple[int, int, int, int, int]:
+        """(voltage dV, current mA, active power W, power factor permille, frequency cHz): the same values as the
+        single getters, each derived once (a fleet asks for all five at every reading)."""
+        voltage = self.voltage_dv()
+        power_factor = self.power_factor_milli()
+        frequency = 0 if voltage == 0 else 5000 + self._jitter(3, 5)
+        return voltage, self._current_ma(voltage, power_factor), self.signed_power_w(), power_factor, frequency
 
     # -- relay, alarms and status -------------------------------------------------------------------------
 
@@ -696,6 +706,10 @@ class VirtualMeter:
         if len(self._notices) >= MAX_NOTICES:
             del self._notices[0]
         self._notices.append(Notice(kind, at_s, detail))
+
+    def has_notices(self) -> bool:
+        """Whether anything is waiting to be drained (cheap: a fleet asks this at every reading)."""
+        return bool(self._notices)
 
     def drain_notices(self) -> list[Notice]:
         """The notices since the last drain, oldest first; the queue is emptied (and freed)."""
