@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from openpyxl import load_workbook
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
-from powergate.domain.ledger import wallet_code
+from powergate.domain.structure import PaymentChannel, account_wallet
 from powergate.payments.cashier import Cashier
 from powergate.payments.sandbox import Sandbox
-from powergate.services import finance
+from powergate.services import accounts, finance, queries
 from powergate.services import payments as svc
+from powergate.services.accounts import Rejected
 from powergate.store import ledger as store
+from powergate.store.tables_structure import sites
 
-WALLET = wallet_code("A-2001")
+WALLET = account_wallet("FIN", "A-2001")
+"""The wallet of account A-2001 of organisation FIN, site S1."""
+OTHER_WALLET = account_wallet("MALL", "B-1")
+"""The wallet of account B-1 of another organisation (MALL), site S2."""
 POLICY = svc.PaymentPolicy(frozenset({"sandbox", "cashier"}))
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 UTC = ZoneInfo("UTC")
@@ -30,16 +36,39 @@ def at(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=dt.UTC)
 
 
+def site_id(engine: Engine, name: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(sites.c.id).where(sites.c.name == name)).scalar_one())
+
+
+def open_account(engine: Engine, organisation: str, site: str, account_no: str) -> None:
+    """An organisation with one site and one open account in it (its wallet: ``account_wallet``)."""
+    now = at("2026-10-01 00:00")
+    with engine.begin() as conn:
+        organisation_id = accounts.create_organisation(conn, organisation, organisation, actor="test", now=now)
+        assert isinstance(organisation_id, int)
+        new_site = accounts.create_site(
+            conn, organisation_id, site, timezone="Asia/Shanghai", currency="CNY",
+            channels=[PaymentChannel.SANDBOX, PaymentChannel.CASHIER], actor="test", now=now,
+        )  # fmt: skip
+        assert isinstance(new_site, int)
+        account_id = accounts.stage_account(conn, new_site, account_no, account_no, actor="test", now=now)
+        assert isinstance(account_id, int)
+        assert not isinstance(accounts.open_account(conn, account_id, actor="test", reason="test", now=now), Rejected)
+
+
 @pytest.fixture
 def books(engine: Engine) -> Iterator[Engine]:
-    """A month of takings: online payments around Shanghai midnight, a cashier shift, refunds."""
-    with engine.begin() as conn:
-        store.ensure_account(conn, WALLET, at("2026-10-01 00:00"))
+    """A month of takings: online payments around Shanghai midnight, a cashier shift, refunds; one payment is to
+    an account of another organisation."""
+    open_account(engine, "FIN", "S1", "A-2001")
+    open_account(engine, "MALL", "S2", "B-1")
+    s1, s2 = str(site_id(engine, "S1")), str(site_id(engine, "S2"))
     sandbox = Sandbox(b"sandbox-secret-for-finance")
     channels: dict[str, svc.PaymentChannel] = {"sandbox": sandbox, "cashier": Cashier()}
 
-    def online(amount_fen: int, when: str, site: str = "S1") -> str:
-        order = svc.NewOrder(WALLET, amount_fen, "sandbox", "instant", site)
+    def online(amount_fen: int, when: str, site: str = s1, wallet: str = WALLET) -> str:
+        order = svc.NewOrder(wallet, amount_fen, "sandbox", "instant", site)
         placed = svc.create_order(engine, channels, order, POLICY, at(when))
         assert isinstance(placed, svc.OrderPlaced)
         headers, body = sandbox.pay(placed.order_no, at(when))
@@ -48,20 +77,20 @@ def books(engine: Engine) -> Iterator[Engine]:
         return placed.order_no
 
     def counter(amount_fen: int, method: str, receipt: str, when: str, operator: str = "op-li") -> None:
-        sale = svc.NewOrder(WALLET, amount_fen, "cashier", method, "S1", operator=operator)
+        sale = svc.NewOrder(WALLET, amount_fen, "cashier", method, s1, operator=operator)
         done = svc.pay_at_cashier(engine, channels, sale, receipt, POLICY, at(when))
         assert isinstance(done, svc.Settlement) and done.verdict is svc.Verdict.ACCEPTED
 
     online(10_000, "2026-11-21 15:30")  # 23:30 on the 21st in Shanghai
     refunded = online(20_000, "2026-11-21 16:30")  # 00:30 on the 22nd in Shanghai
-    online(5_000, "2026-10-31 17:00", site="S2")  # 01:00 on 1 November in Shanghai
+    online(5_000, "2026-10-31 17:00", site=s2, wallet=OTHER_WALLET)  # 01:00 on 1 November in Shanghai
     counter(30_000, "cash", "R-1", "2026-11-22 01:00")
     counter(12_345, "card", "R-2", "2026-11-22 02:00")
     counter(7_000, "cash", "R-3", "2026-11-22 03:00", operator="op-zhao")
     counter(1_000, "cash", "R-4", "2026-11-22 11:00")  # after op-li's shift
-    request = svc.RefundRequest("RF-1", WALLET, 5_000, svc.Destination.ORIGINAL, "overpaid", "op-li", refunded, "S1")
+    request = svc.RefundRequest("RF-1", WALLET, 5_000, svc.Destination.ORIGINAL, "overpaid", "op-li", refunded, s1)
     assert isinstance(svc.refund(engine, channels, request, at("2026-11-22 04:00")), svc.RefundDone)
-    cash = svc.RefundRequest("RF-2", WALLET, 2_000, svc.Destination.CASH, "moving out", "op-li", None, "S1")
+    cash = svc.RefundRequest("RF-2", WALLET, 2_000, svc.Destination.CASH, "moving out", "op-li", None, s1)
     assert isinstance(svc.refund(engine, channels, cash, at("2026-11-22 05:00")), svc.RefundDone)
     yield engine
     with engine.connect() as conn:
@@ -89,29 +118,49 @@ def test_income_by_month_and_channel_is_exact_and_nets_the_refunds(books: Engine
 
 def test_income_by_year_for_one_site(books: Engine) -> None:
     with books.connect() as conn:
-        rows = finance.income(conn, finance.Period.YEAR, at("2026-01-01 00:00"), at("2027-01-01 00:00"), site_id="S2")
+        rows = finance.income(
+            conn, finance.Period.YEAR, at("2026-01-01 00:00"), at("2027-01-01 00:00"), site_id=str(site_id(books, "S2"))
+        )
     assert [(r.period, r.channel, r.income_fen) for r in rows] == [("2026", "sandbox", 5_000)]
 
 
+WINDOW = queries.OrderFilter(since=at("2026-10-01 00:00"), until=at("2026-12-01 00:00"))
+"""Every order of the books."""
+
+
 @pytest.mark.parametrize(
-    ("filters", "expected"),
+    ("filters", "limit", "expected"),
     [
-        ({}, 7),
-        ({"channel": "cashier"}, 4),
-        ({"channel": "sandbox", "state": "partially_refunded"}, 1),
-        ({"site_id": "S2"}, 1),
-        ({"limit": 2}, 2),
+        ({}, 1_000, 7),
+        ({"channel": "cashier"}, 1_000, 4),
+        ({"channel": "sandbox", "state": "partially_refunded"}, 1_000, 1),
+        ({"site_id": "S2"}, 1_000, 1),
+        ({}, 2, 2),
     ],
 )
-def test_the_order_list_filters_by_channel_site_date_and_state(
-    books: Engine, filters: dict[str, object], expected: int
+def test_the_order_report_filters_by_channel_site_date_and_state(
+    books: Engine, filters: dict[str, object], limit: int, expected: int
 ) -> None:
-    wanted = finance.OrderFilter(at("2026-10-01 00:00"), at("2026-12-01 00:00"), **filters)  # type: ignore[arg-type]
+    if "site_id" in filters:  # named in the table, its id known once the fixture made it
+        filters = {**filters, "site_id": site_id(books, str(filters["site_id"]))}
+    wanted = replace(WINDOW, **filters)  # type: ignore[arg-type]
     with books.connect() as conn:
-        lines = finance.list_orders(conn, wanted)
+        lines = queries.report_orders(conn, queries.PLATFORM, wanted, limit=limit)
     assert len(lines) == expected
-    assert all(line.wallet == WALLET for line in lines)
-    assert lines == sorted(lines, key=lambda line: line.created_at, reverse=True)
+    assert {line.wallet for line in lines} <= {WALLET, OTHER_WALLET}
+    assert lines == sorted(lines, key=lambda line: (line.created_at, line.id), reverse=True)
+
+
+def test_the_platform_order_report_holds_every_organisation_and_an_organisation_scope_only_its_own(
+    books: Engine,
+) -> None:
+    with books.connect() as conn:
+        fin = int(conn.execute(select(sites.c.organisation_id).where(sites.c.name == "S1")).scalar_one())
+        everyone = queries.report_orders(conn, queries.PLATFORM, WINDOW)
+        own = queries.report_orders(conn, queries.Scope(fin), WINDOW)
+    assert len(everyone) == 7 and [line.wallet for line in everyone].count(OTHER_WALLET) == 1
+    assert [line.order_no for line in own] == [line.order_no for line in everyone if line.wallet == WALLET]
+    assert len(own) == 6
 
 
 def test_a_cashier_shift_report_counts_and_totals_by_channel_and_gives_the_cash_in_the_drawer(books: Engine) -> None:
@@ -129,7 +178,7 @@ def test_a_cashier_shift_report_counts_and_totals_by_channel_and_gives_the_cash_
 
 def test_each_report_exports_to_excel_with_exact_amounts(books: Engine, tmp_path: Path) -> None:
     with books.connect() as conn:
-        lines = finance.list_orders(conn, finance.OrderFilter(at("2026-10-01 00:00"), at("2026-12-01 00:00")))
+        lines = queries.report_orders(conn, queries.PLATFORM, WINDOW)
         rows = finance.income(conn, finance.Period.DAY, at("2026-10-01 00:00"), at("2026-12-01 00:00"))
         shift = finance.shift_report(conn, "op-li", at("2026-11-22 00:00"), at("2026-11-22 10:00"))
     finance.export_orders(lines, tmp_path / "orders.xlsx")
@@ -199,3 +248,25 @@ def test_the_finance_command_prints_income_and_writes_excel(
         == 0
     )
     assert "cash in drawer 280.00" in capsys.readouterr().out
+
+
+def test_the_finance_orders_command_prints_every_organisations_orders_and_writes_excel(
+    books: Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from powergate.cli import main
+
+    window = ["--since", "2026-10-01", "--until", "2026-12-01"]
+    target = tmp_path / "orders.xlsx"
+    assert main(["finance", "--url", db_url, "orders", *window, "--xlsx", str(target)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "7 orders"
+    assert lines[-2].endswith(f"2026-11-01 01:00  sandbox  paid                      50.00  {OTHER_WALLET}")
+    sheet = load_workbook(target).active
+    assert sheet is not None and sheet.max_row == 1 + 7
+    assert [c.value for c in sheet[2]][1:3] == [WALLET, site_id(books, "S1")]
+
+    s2 = str(site_id(books, "S2"))
+    assert main(["finance", "--url", db_url, "orders", *window, "--site", s2, "--channel", "sandbox"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 orders"
+    assert main(["finance", "--url", db_url, "orders", *window, "--limit", "0"]) == 2
+    assert "--limit must be 1..200000" in capsys.readouterr().out

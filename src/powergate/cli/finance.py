@@ -24,9 +24,9 @@ def register(subparsers: Any) -> None:
     orders = commands.add_parser("orders", help="orders created in [--since, --until)")
     _window(orders)
     orders.add_argument("--channel")
-    orders.add_argument("--site")
+    orders.add_argument("--site", type=int, help="site id (the site of the account the order credits)")
     orders.add_argument("--state")
-    orders.add_argument("--limit", type=int, default=1_000)
+    orders.add_argument("--limit", type=int, default=1_000, help="at most this many, newest first (default 1000)")
     orders.set_defaults(handler=_orders)
 
     income = commands.add_parser("income", help="income by day, month or year and by channel")
@@ -80,13 +80,19 @@ def _run(args: argparse.Namespace, report: Any) -> int:
 
 
 def _orders(args: argparse.Namespace) -> int:
-    from powergate.services import finance
+    from powergate.services import finance, queries
+
+    if not 1 <= args.limit <= queries.MAX_REPORT_ROWS:
+        print(f"error: --limit must be 1..{queries.MAX_REPORT_ROWS}, got {args.limit}")
+        return 2
 
     def report(conn: Any, zone: ZoneInfo) -> int:
-        wanted = finance.OrderFilter(
-            _moment(args.since, zone), _moment(args.until, zone), args.channel, args.site, args.state, args.limit
-        )
-        lines = finance.list_orders(conn, wanted)
+        wanted = queries.OrderFilter(
+            site_id=args.site, channel=args.channel, state=args.state,
+            since=_moment(args.since, zone), until=_moment(args.until, zone),
+        )  # fmt: skip
+        # an operator's tool on the server: every organisation's orders (the console shows one organisation's)
+        lines = queries.report_orders(conn, queries.PLATFORM, wanted, limit=args.limit)
         for o in lines:
             print(f"{o.order_no}  {o.created_at.astimezone(zone):%Y-%m-%d %H:%M}  {o.channel:8} {o.state:18} "
                   f"{_yuan(o.amount_fen):>12}  {o.wallet}")  # fmt: skip

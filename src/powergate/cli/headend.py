@@ -1,4 +1,9 @@
-"""``powergate headend run|endpoint``: run the head-end role; register how meters are reached."""
+"""``powergate headend run|endpoint``: run the head-end role; register how meters are reached.
+
+The database and ``headend.ingest`` come from the settings as for ``powergate serve`` (defaults, then
+``--config``, then ``POWERGATE_*`` variables; ``--url`` wins): with ``headend.ingest = "queue"`` the head-end
+writes each batch of readings to the ingest queue for the workers instead of rating it here.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from powergate.config import load_settings
+from powergate.config import Config, ConfigError, load_config
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("headend", help="the head-end: read meters, deliver commands")
-    parser.add_argument("--url", help="database URL (default: POWERGATE_DATABASE_URL or the SQLite file)")
+    parser.add_argument("--url", help="database URL (default: database_url of the settings, or the SQLite file)")
+    parser.add_argument("--config", type=Path, help="TOML settings file (docs/configuration.md), as for serve")
     commands = parser.add_subparsers(title="headend commands", metavar="ACTION", required=True)
 
     run = commands.add_parser("run", help="serve DTUs and MQTT meters, read on schedule, dispatch commands")
@@ -59,17 +65,30 @@ def _host_port(text: str, option: str) -> tuple[str, int] | str:
     return host, int(port)
 
 
-def _engine(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> Config | None:
+    """The settings (``--url`` overriding ``database_url``), or None after printing what is wrong."""
+    try:
+        return load_config(args.config, overrides={"database_url": args.url})
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def _engine(config: Config) -> Any:
     from powergate.store.db import make_engine
 
-    return make_engine(str(args.url or load_settings().database_url))
+    return make_engine(config.database_url)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from powergate.cli.serve import ingest_mode
     from powergate.headend.model import ReadItem
     from powergate.headend.scheduler import ScheduleConfig
     from powergate.services.headend_runtime import HeadendRuntime, HeadendSettings
 
+    config = _config(args)
+    if config is None:
+        return 2
     listen = None if args.listen == "off" else _host_port(args.listen, "--listen")
     broker = _host_port(args.broker, "--broker") if args.broker else None
     for value in (listen, broker):
@@ -107,9 +126,10 @@ def _run(args: argparse.Namespace) -> int:
         mqtt_group=args.group,
         schedule=ScheduleConfig(interval_s=args.interval, tz=tz, items=items or frozenset({ReadItem.ENERGY})),
         notify_channels=channels,
+        ingest=ingest_mode(config, ("headend",)),  # the one rule serve --role headend follows
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = _engine(args)
+    engine = _engine(config)
     runtime = HeadendRuntime(engine, settings)
 
     async def main() -> None:
@@ -121,7 +141,11 @@ def _run(args: argparse.Namespace) -> int:
             loop.call_later(args.duration, stop.set)
         running = asyncio.create_task(runtime.run(stop))
         await runtime.ready.wait()
-        print(f"head-end {settings.name}: {len(runtime.endpoints)} meters; DTU port {runtime.dtu_port}", flush=True)
+        print(
+            f"head-end {settings.name}: {len(runtime.endpoints)} meters; DTU port {runtime.dtu_port}; "
+            f"ingest {settings.ingest}",
+            flush=True,
+        )
         await running
 
     try:
@@ -132,6 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"stopped at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC: {stats.readings} readings in {stats.batches} "
         f"batches, {stats.rated} rated, {stats.quarantined} quarantined, {stats.rejected} rejected"
+        + (f", {stats.queued} batches queued for the workers" if settings.ingest == "queue" else "")
     )
     return 0
 
@@ -143,7 +168,10 @@ def _endpoint_add(args: argparse.Namespace) -> int:
     from powergate.headend.status import save_endpoints
     from powergate.store.tables import meters
 
-    engine = _engine(args)
+    config = _config(args)
+    if config is None:
+        return 2
+    engine = _engine(config)
     try:
         with engine.begin() as conn:
             if conn.execute(select(meters.c.id).where(meters.c.id == args.meter)).first() is None:
@@ -161,7 +189,10 @@ def _endpoint_add(args: argparse.Namespace) -> int:
 def _endpoint_list(args: argparse.Namespace) -> int:
     from powergate.headend.status import load_endpoints
 
-    engine = _engine(args)
+    config = _config(args)
+    if config is None:
+        return 2
+    engine = _engine(config)
     try:
         with engine.connect() as conn:
             for e in load_endpoints(conn):

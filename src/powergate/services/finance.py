@@ -1,4 +1,5 @@
-"""Finance: the order list, income by day / month / year and by channel, the cashier's shift report, Excel.
+"""Finance: income by day / month / year and by channel, the cashier's shift report, Excel (also of the order
+list, which comes from the read layer: ``queries.report_orders``).
 
 Every sum is an integer number of fen computed from the orders and refunds tables; nothing is rounded. The
 site's time zone decides which day (month, year) a payment belongs to: a payment at 23:30 in Shanghai is
@@ -25,7 +26,7 @@ from openpyxl import Workbook
 from openpyxl.styles import Font
 from sqlalchemy import Connection, Select, select
 
-from powergate.store.tables import ledger_accounts
+from powergate.services.queries import OrderRow
 from powergate.store.tables_payments import orders, refunds
 
 MAX_ROWS = 200_000
@@ -37,60 +38,6 @@ DEFAULT_ZONE = ZoneInfo("Asia/Shanghai")
 
 class ReportTooLarge(ValueError):
     """The report would read more than ``MAX_ROWS`` rows."""
-
-
-@dataclass(frozen=True, slots=True)
-class OrderFilter:
-    """Orders created in [since, until), optionally one channel, site and state; newest first."""
-
-    since: dt.datetime
-    until: dt.datetime
-    channel: str | None = None
-    site_id: str | None = None
-    state: str | None = None
-    limit: int = 1_000
-    offset: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class OrderLine:
-    order_no: str
-    wallet: str
-    site_id: str | None
-    channel: str
-    method: str
-    amount_fen: int
-    refunded_fen: int
-    state: str
-    created_at: dt.datetime
-    paid_at: dt.datetime | None
-    provider_txn_id: str | None
-    receipt_no: str | None
-    operator: str | None
-
-
-def list_orders(conn: Connection, wanted: OrderFilter) -> list[OrderLine]:
-    assert wanted.since.tzinfo and wanted.until.tzinfo, "order filter times must be timezone-aware"
-    assert 0 < wanted.limit <= MAX_ROWS and wanted.offset >= 0
-    c = orders.c
-    query = (
-        select(orders, ledger_accounts.c.code)
-        .join(ledger_accounts, ledger_accounts.c.id == c.wallet_account_id)
-        .where(c.created_at >= wanted.since, c.created_at < wanted.until)
-        .order_by(c.created_at.desc(), c.id.desc())
-        .limit(wanted.limit)
-        .offset(wanted.offset)
-    )
-    for column, value in (("channel", wanted.channel), ("site_id", wanted.site_id), ("state", wanted.state)):
-        if value is not None:
-            query = query.where(c[column] == value)
-    return [
-        OrderLine(
-            r.order_no, r.code, r.site_id, r.channel, r.method, int(r.amount_fen), int(r.refunded_fen), r.state,
-            r.created_at, r.paid_at, r.provider_txn_id, r.receipt_no, r.operator,
-        )
-        for r in conn.execute(query)
-    ]  # fmt: skip
 
 
 class Period(StrEnum):
@@ -250,7 +197,8 @@ def _sheet(path: Path, title: str, headers: Sequence[str], rows: Iterable[Sequen
     book.save(path)
 
 
-def export_orders(lines: Sequence[OrderLine], path: Path, zone: ZoneInfo = DEFAULT_ZONE) -> None:
+def export_orders(lines: Sequence[OrderRow], path: Path, zone: ZoneInfo = DEFAULT_ZONE) -> None:
+    """The order list of the read layer (``queries.report_orders``); Site is the id of the account's site."""
     headers = [
         "Order no", "Wallet", "Site", "Channel", "Method", "Amount (yuan)", "Refunded (yuan)", "State",
         f"Created ({zone.key})", f"Paid ({zone.key})", "Provider transaction", "Receipt / reference", "Operator",

@@ -5,7 +5,8 @@ caller picks what it shows (the API's response models exclude what they do not p
 
 Every query takes a ``Scope``: the organisation whose data may be read and, for a tenant, the one account they
 may see. Scoping is part of each query's WHERE clause, never a check after the fact, so a row of another
-organisation is simply not found (the API answers 404 and ids do not leak).
+organisation is simply not found (the API answers 404 and ids do not leak). The order report
+(``report_orders``) also takes ``PLATFORM``: every organisation at once, for the operator's tools on the server.
 
 Pagination is by keyset, not offset: a page is the first ``limit`` rows after the cursor in the list's fixed
 order (``id`` or ``(at, id)``), and ``next_cursor`` is the opaque encoding of the last row's key. A list that
@@ -813,11 +814,25 @@ def _command(row: Any) -> CommandRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PlatformScope:
+    """Every organisation's orders at once: for operator tools run on the server (``powergate finance``), which
+    reconcile the takings of the whole platform. A web caller always has an organisation's ``Scope``. Only
+    ``report_orders`` accepts it, so a query not written for it cannot be handed one (mypy says so)."""
+
+
+PLATFORM = PlatformScope()
+MAX_REPORT_ROWS = 200_000
+"""Bound on an order report taken as one list (``report_orders``); a wider one is cut there (narrow the dates)."""
+
+
+@dataclass(frozen=True, slots=True)
 class OrderRow:
     id: int
     order_no: str
     account_id: int
     account_no: str
+    wallet: str
+    """The ledger code of the account's wallet the order credits."""
     site_id: int
     channel: str
     method: str
@@ -849,20 +864,27 @@ class OrderFilter:
     """Exactly this account number."""
 
 
-def _owned(scope: Scope, wallet_column: Any) -> ColumnElement[bool]:
+def _owned(scope: Scope | PlatformScope, wallet_column: Any) -> ColumnElement[bool]:
     """The account owning ``wallet_column``'s wallet, within the scope (join target for orders and refunds)."""
-    condition = and_(accounts.c.wallet_account_id == wallet_column, accounts.c.organisation_id == scope.organisation_id)
+    condition: ColumnElement[bool] = accounts.c.wallet_account_id == wallet_column
+    if isinstance(scope, PlatformScope):
+        return condition
+    condition = and_(condition, accounts.c.organisation_id == scope.organisation_id)
     if scope.account_id is not None:
         condition = and_(condition, accounts.c.id == scope.account_id)
     return condition
 
 
-def _orders_query(scope: Scope) -> Select[Any]:
+def _orders_query(scope: Scope | PlatformScope) -> Select[Any]:
     owner = (accounts.c.id.label("account_id"), accounts.c.account_no, accounts.c.site_id.label("site"))
-    return select(orders, *owner).join(accounts, _owned(scope, orders.c.wallet_account_id))
+    return (
+        select(orders, *owner, ledger_accounts.c.code.label("wallet"))
+        .join(accounts, _owned(scope, orders.c.wallet_account_id))
+        .join(ledger_accounts, ledger_accounts.c.id == orders.c.wallet_account_id)
+    )
 
 
-def _orders_wanted(scope: Scope, wanted: OrderFilter) -> Select[Any]:
+def _orders_wanted(scope: Scope | PlatformScope, wanted: OrderFilter) -> Select[Any]:
     c = orders.c
     query = _orders_query(scope)
     for column, value in (
@@ -908,6 +930,17 @@ def number_orders(
     return _numbered(conn, _orders_wanted(scope, wanted), order, offset, limit, _order)
 
 
+def report_orders(
+    conn: Connection, scope: Scope | PlatformScope, wanted: OrderFilter, *, limit: int = MAX_REPORT_ROWS
+) -> list[OrderRow]:
+    """Orders, newest first by creation time (the console's order), at most ``limit`` of them in one list: the
+    order report printed or written to Excel (``powergate finance orders``)."""
+    assert 1 <= limit <= MAX_REPORT_ROWS, limit
+    c = orders.c
+    query = _orders_wanted(scope, wanted).order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+    return [_order(row) for row in conn.execute(query)]
+
+
 def get_order(conn: Connection, scope: Scope, order_no: str) -> OrderRow | None:
     row = conn.execute(_orders_query(scope).where(orders.c.order_no == order_no)).first()
     return None if row is None else _order(row)
@@ -915,9 +948,10 @@ def get_order(conn: Connection, scope: Scope, order_no: str) -> OrderRow | None:
 
 def _order(row: Any) -> OrderRow:
     return OrderRow(
-        int(row.id), row.order_no, int(row.account_id), row.account_no, int(row.site), row.channel, row.method,
-        int(row.amount_fen), int(row.refunded_fen), row.currency, row.state, row.description, row.created_at,
-        row.expires_at, row.paid_at, row.provider_txn_id, row.receipt_no, row.operator, row.closed_reason,
+        int(row.id), row.order_no, int(row.account_id), row.account_no, row.wallet, int(row.site), row.channel,
+        row.method, int(row.amount_fen), int(row.refunded_fen), row.currency, row.state, row.description,
+        row.created_at, row.expires_at, row.paid_at, row.provider_txn_id, row.receipt_no, row.operator,
+        row.closed_reason,
     )  # fmt: skip
 
 

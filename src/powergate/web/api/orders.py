@@ -54,7 +54,7 @@ Channel = Literal["wechat", "alipay", "cashier", "bank", "sandbox"]
 OrderNoPath = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
-@mirror(queries.OrderRow)
+@mirror(queries.OrderRow, exclude=["wallet"])  # the API names the account (id, number), not its ledger code
 class OrderOut(Model):
     pass
 
