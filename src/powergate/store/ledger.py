@@ -8,6 +8,11 @@ Invariants kept here, inside the caller's transaction:
   ``audit`` recomputes them from the journal.
 - A wallet never goes below ``-overdraft_limit_micros`` through a refund: the balance update is conditional,
   so the database enforces the limit even against a concurrent deduction.
+- Balances are locked in one order everywhere: wallets first, then the shared accounts (revenue, clearing,
+  equity), each group by id. Every deduction of every meter credits the same few revenue accounts, so those
+  rows are hot: ingest applies their deltas last, just before it commits (``post_batch(hold_shared=...)``), and
+  concurrent head-ends then queue on them for a moment instead of for a whole batch. One order for all writers
+  keeps that deadlock-free.
 """
 
 from __future__ import annotations
@@ -167,7 +172,10 @@ def post(conn: Connection, entry: Entry, now: dt.datetime, accounts: AccountCach
                     for a, p in zip(account_ids, entry.postings, strict=True)
                 ],
             )
-            for account_id, posting in zip(account_ids, entry.postings, strict=True):
+            in_lock_order = sorted(
+                zip(account_ids, entry.postings, strict=True), key=lambda pair: (_shared(pair[1].account), pair[0])
+            )
+            for account_id, posting in in_lock_order:
                 _apply_to_balance(conn, account_id, posting.account, posting.amount_micros, entry.kind)
     except IntegrityError:
         existing = find_entry_id(conn, entry.idempotency_key)
@@ -205,13 +213,23 @@ def _apply_to_balance(conn: Connection, account_id: int, code: str, delta: int, 
 
 
 def post_batch(
-    conn: Connection, entries: Sequence[Entry], now: dt.datetime, accounts: AccountCache, bulk: Bulk | None = None
+    conn: Connection,
+    entries: Sequence[Entry],
+    now: dt.datetime,
+    accounts: AccountCache,
+    bulk: Bulk | None = None,
+    *,
+    hold_shared: dict[int, int] | None = None,
 ) -> list[int]:
     """Write many new entries at once (the ingest path); returns their ids, in the order given.
 
     The caller has already filtered out keys that exist; a race with another writer surfaces as an
     ``IntegrityError`` that rolls back the caller's whole batch, which is then retried. Refunds, whose limit
     must be checked per entry, go through ``post``. ``bulk``: the caller's, to share its timestamp cache.
+
+    Wallet balances are updated here. So are the shared accounts' (revenue, clearing, equity), unless the
+    caller passes ``hold_shared``: their deltas are then added to it, and the caller must ``apply_deltas`` them
+    later in the same transaction, after everything else it locks (see the module's lock order).
     """
     if not entries:
         return []
@@ -224,6 +242,8 @@ def post_batch(
     entry_rows = []
     posting_rows = []
     deltas: dict[int, int] = {}
+    deltas_seen: set[int] = set()
+    wallet_ids: set[int] = set()
     for entry_id, entry in zip(entry_ids, entries, strict=True):
         kind = entry.kind
         assert kind is not refund, "refunds are posted one by one"
@@ -236,19 +256,31 @@ def post_batch(
             amount = posting.amount_micros
             posting_rows.append((entry_id, account_id, amount))
             deltas[account_id] = deltas.get(account_id, 0) + amount
+            if account_id not in deltas_seen:
+                deltas_seen.add(account_id)
+                if not _shared(code):
+                    wallet_ids.add(account_id)
     bulk.insert(
         "ledger_entries",
         ("id", "idempotency_key", "kind", "event_at", "recorded_at", "description"),
         entry_rows,
     )
     bulk.insert("ledger_postings", ("entry_id", "account_id", "amount_micros"), posting_rows)
-    apply_deltas(conn, deltas, bulk)
+    wallets = {account_id: delta for account_id, delta in deltas.items() if account_id in wallet_ids}
+    shared = {account_id: delta for account_id, delta in deltas.items() if account_id not in wallet_ids}
+    apply_deltas(conn, wallets, bulk)
+    if hold_shared is None:
+        apply_deltas(conn, shared, bulk)
+    else:
+        for account_id, delta in shared.items():
+            hold_shared[account_id] = hold_shared.get(account_id, 0) + delta
     return entry_ids
 
 
 def apply_deltas(conn: Connection, deltas: dict[int, int], bulk: Bulk | None = None) -> None:
     """Add the net change per account id to the materialised balances (one statement, many rows).
 
+    Callers pass wallets and shared accounts in separate calls, wallets first (the module's lock order).
     Concurrent writers lock the accounts in id order, so they never deadlock: on PostgreSQL an ``UPDATE ... FROM
     unnest(...)`` locks rows in whatever order its plan visits them, so the rows are locked first with an ordered
     ``SELECT ... FOR NO KEY UPDATE`` (the lock the UPDATE itself takes; ``FOR UPDATE`` would also conflict with
@@ -261,6 +293,11 @@ def apply_deltas(conn: Connection, deltas: dict[int, int], bulk: Bulk | None = N
         ids = [account_id for account_id, _ in rows]
         conn.exec_driver_sql("SELECT id FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", (ids,))
     bulk.update("ledger_accounts", ("id", "bigint"), [("balance_micros", "bigint")], rows, add=True)
+
+
+def _shared(code: str) -> bool:
+    """Whether an account is shared by many wallets' entries (revenue, clearing, equity): locked last."""
+    return account_kind(code) is not AccountKind.WALLET
 
 
 def audit(conn: Connection) -> list[Discrepancy]:
