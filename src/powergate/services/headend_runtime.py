@@ -113,6 +113,8 @@ class RuntimeStats:
     samples: int = 0
     queued: int = 0
     """Batches written to the ingest queue (queue mode)."""
+    busy: int = 0
+    """Readings whose meter another head-end was rating at that moment: ingested right after the batch."""
 
 
 class HeadendRuntime:
@@ -248,6 +250,9 @@ class HeadendRuntime:
                 self.stats.queued += len(queued)
             else:
                 report = await asyncio.to_thread(_retrying, "ingest", self._write_direct, known, readings)
+                if report.busy:  # meters another head-end was rating: now that ours is committed, wait for them
+                    self.stats.busy += len(report.busy)
+                    report.absorb(await asyncio.to_thread(_retrying, "ingest", self.ingestor.ingest, report.busy))
             if not direct and any(snapshot.purchase_count is not None for snapshot in batch):
                 await asyncio.to_thread(self._mirror, batch)
         await self._sync_clocks(batch)
@@ -302,7 +307,7 @@ class HeadendRuntime:
             for start in range(0, len(batch_samples), samples.MAX_BATCH):
                 count, problems = samples.store(conn, batch_samples[start : start + samples.MAX_BATCH])
                 stored, bad_samples = stored + count, bad_samples + problems
-            report = self.ingestor.ingest_in(conn, readings)
+            report = self.ingestor.ingest_in(conn, readings, skip_busy=True)
             alarms = meterside.mirror(conn, known, now) if any(s.purchase_count is not None for s in known) else []
         log.debug("batch of %d readings written in %.3f s", len(readings), time.perf_counter() - started)
         self._count_samples(stored, bad_samples)

@@ -69,6 +69,20 @@ class IngestReport:
     """(reading id, reason) for readings that could not be stored at all (unknown meter)."""
     reasons: dict[str, str] = field(default_factory=dict)
     """reading id -> reason, for skipped and quarantined readings."""
+    busy: list[Reading] = field(default_factory=list)
+    """Readings left out because another transaction held their meter (``skip_busy``): the caller ingests them
+    again, in a transaction of their own."""
+
+    def absorb(self, other: IngestReport) -> None:
+        """Add ``other``'s counts (the busy readings' own pass) to this report; ``busy`` becomes ``other``'s."""
+        self.rated += other.rated
+        self.skipped += other.skipped
+        self.quarantined += other.quarantined
+        self.duplicates += other.duplicates
+        self.charged_micros += other.charged_micros
+        self.rejected += other.rejected
+        self.reasons.update(other.reasons)
+        self.busy = other.busy
 
 
 class RatingContexts:
@@ -175,18 +189,23 @@ class Ingestor:
         with self.engine.begin() as conn:
             return self.ingest_in(conn, batch)
 
-    def ingest_in(self, conn: Connection, batch: Sequence[Reading]) -> IngestReport:
+    def ingest_in(self, conn: Connection, batch: Sequence[Reading], *, skip_busy: bool = False) -> IngestReport:
         """Ingest ``batch`` within the caller's transaction on ``conn`` (which commits or rolls back all of it).
 
         Each attempt runs in a savepoint, so a failed one leaves the caller's transaction as it was: the ingest
         queue's worker holds its claimed batch row in the same transaction and deletes it on success.
+
+        ``skip_busy`` (PostgreSQL): readings of meters that another transaction is rating right now are not
+        waited for but returned in ``IngestReport.busy``, for the caller to ingest once this transaction is
+        committed (``ingest``, which waits). Without it, two head-ends whose batches share one meter take turns
+        for their whole batches.
         """
         if len(batch) > MAX_BATCH:
             raise ValueError(f"a batch holds at most {MAX_BATCH} readings, got {len(batch)}; split it")
         for attempt in (1, 2):
             try:
                 with conn.begin_nested():
-                    return self._ingest(conn, batch)
+                    return self._ingest(conn, batch, skip_busy)
             except (IntegrityError, OperationalError) as error:
                 # A concurrent writer stored some of these readings or accounts first: start again from the
                 # database, where they are now visible as duplicates (a new statement sees what it committed).
@@ -199,7 +218,7 @@ class Ingestor:
                     raise
         raise AssertionError("unreachable")
 
-    def _ingest(self, conn: Connection, batch: Sequence[Reading]) -> IngestReport:
+    def _ingest(self, conn: Connection, batch: Sequence[Reading], skip_busy: bool = False) -> IngestReport:
         now = self.clock()
         report = IngestReport()
         unique: dict[str, Reading] = {}
@@ -212,7 +231,10 @@ class Ingestor:
         # now, and once it commits we see its readings as duplicates (a reading id alone is no longer a unique
         # key on partitioned PostgreSQL, where the key is (id, at)). A meter without a state yet has no row to
         # lock: two first batches of one meter then collide on its new state row and ours is retried.
-        metering.lock_states(conn, sorted({r.meter_id for r in unique.values()}))
+        busy = metering.lock_states(conn, sorted({r.meter_id for r in unique.values()}), skip_busy=skip_busy)
+        if busy:
+            report.busy = [r for r in unique.values() if r.meter_id in busy]
+            unique = {key: r for key, r in unique.items() if r.meter_id not in busy}
         times = [r.at for r in unique.values()]
         seen = metering.existing_reading_ids(conn, list(unique), (min(times), max(times)) if times else None)
         report.duplicates += len(seen)

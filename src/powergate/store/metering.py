@@ -82,16 +82,33 @@ def load_meters(conn: Connection, meter_ids: Sequence[str]) -> dict[str, MeterRo
     }
 
 
-def lock_states(conn: Connection, meter_ids: Sequence[str]) -> None:
-    """PostgreSQL: lock these meters' rating states until the transaction ends, in meter order.
+def lock_states(conn: Connection, meter_ids: Sequence[str], *, skip_busy: bool = False) -> frozenset[str]:
+    """PostgreSQL: lock these meters' rating states until the transaction ends, in meter order; returns the busy
+    ones (always none unless ``skip_busy``).
 
     Two processes ingesting readings of one meter at once (MQTT shared subscriptions hand a meter's readings
     to any head-end) would otherwise both rate from the same state and charge the overlap twice; with the lock
     the second waits and then reads the state the first committed. SQLite serialises writers already.
+
+    ``skip_busy``: do not wait for meters another transaction holds (``SKIP LOCKED``); they are returned, and the
+    caller leaves their readings out of this transaction. Two head-ends' batches nearly always share a few of
+    100,000 meters, so waiting would make them take turns for whole batches.
     """
-    if conn.dialect.name == "postgresql" and meter_ids:
+    if conn.dialect.name != "postgresql" or not meter_ids:
+        return frozenset()
+    wanted = sorted(meter_ids)
+    if not skip_busy:
         query = "SELECT meter_id FROM meter_rating_state WHERE meter_id = ANY(%s) ORDER BY meter_id FOR UPDATE"
-        conn.exec_driver_sql(query, (sorted(meter_ids),))
+        conn.exec_driver_sql(query, (wanted,))
+        return frozenset()
+    query = "SELECT meter_id FROM meter_rating_state WHERE meter_id = ANY(%s) ORDER BY meter_id FOR UPDATE SKIP LOCKED"
+    locked = {str(row[0]) for row in conn.exec_driver_sql(query, (wanted,))}
+    rest = [meter_id for meter_id in wanted if meter_id not in locked]
+    if not rest:
+        return frozenset()
+    # not locked: held by someone else, or no state row yet (a first reading: nothing to wait for)
+    existing = conn.exec_driver_sql("SELECT meter_id FROM meter_rating_state WHERE meter_id = ANY(%s)", (rest,))
+    return frozenset(str(row[0]) for row in existing)
 
 
 def load_states(conn: Connection, meter_ids: Sequence[str]) -> dict[str, RatingState]:
