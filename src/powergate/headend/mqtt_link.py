@@ -21,11 +21,16 @@ Invariants kept:
 - only messages that came by the SHARED subscription go to the sinks: across the workers of a group each uplink
   reading, event and status change is handed to a sink once (copies by the other subscriptions only wake
   waiters and update the online map); a retained status (the burst a broker sends on subscribe) never goes to
-  a sink: it sets the online map and nothing else;
+  a sink: it sets the online map and nothing else, and only for a meter not heard live since connect;
+- statuses, acks and raw frames are taken on receipt (``_Intake``), never behind readings or a slow sink; only
+  readings and events wait for the sinks, at most ``max_incoming`` of them, beyond which they are dropped and
+  counted. Registered meters whose retained status the broker dropped from the burst are asked for again;
+- the online map: the latest live message wins; a reading or an event says online, a status says what it says
+  (an explicit ``offline`` holds until the meter's next reading or status);
 - readings reach the sink in batches that grow with the load (``_Batcher``): under a flood one batch holds
   what arrived while the previous one was written, up to ``batch_size``;
 - every wait has a timeout (``LinkError(TIMEOUT)``), every queue and table a bound (``LinkError(BUSY)`` when full):
-  pending commands, waiting reads, per-meter subscriptions, the sink queues, the client's incoming queue;
+  pending commands, waiting reads, per-meter subscriptions, the sink queues, the intake, the online map;
 - a command is published at QoS 1 and answered by the ack carrying its ``command_id``; an ack ``error`` is
   ``LinkError(REJECTED)``, ``ok`` + ``already_applied`` is ``CommandResult(ok=True, already_applied=True)``;
 - an expired command (``valid_until`` passed) is never published;
@@ -42,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import itertools
 import logging
@@ -49,11 +55,12 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from powergate.headend.model import (
     CommandKind,
@@ -77,13 +84,24 @@ MAX_PENDING_COMMANDS = 10_000
 MAX_DIRECT_SUBSCRIPTIONS = 2_000
 """Meters with a read or a transparent exchange waiting at once (each holds one subscription)."""
 MAX_INCOMING = 20_000
-"""Messages the MQTT client buffers before the link takes them; beyond this the client drops (and logs)."""
+"""Sink-bound messages (readings and events by the shared subscription) received but not yet turned into
+snapshots and notices; beyond this they are dropped and counted (``MqttCounters.dropped``). Nothing else waits
+here: statuses, acks and raw frames are handled on receipt (see ``_Intake``)."""
 MAX_RECEIVE = 65_535
 """The largest MQTT 5 Receive Maximum (QoS 1 messages the broker may send before our acks)."""
 MAX_SINK_QUEUE = 50_000
 MAX_BATCH = 10_000
+MAX_ONLINE = 2_000_000
+"""Meters whose status the link remembers (the online map); a meter beyond it is counted (``untracked``)."""
+STATUS_CHUNK = 1_000
+"""Per-meter status subscriptions in one SUBSCRIBE when the link asks again for statuses the broker dropped:
+below Mosquitto's default ``max_queued_messages`` (1,000), so a chunk's retained statuses are never dropped."""
+BURST_QUIET_S = 0.5
+"""The retained burst is over when no retained status came for this long (or after ``BURST_WAIT_S``)."""
+BURST_WAIT_S = 60.0
 FOREIGN_LOG_EVERY_S = 60.0
-"""At most one log line this often about messages of meters the link does not know (``known_only``)."""
+"""At most one log line this often about messages of meters the link does not know (``known_only``), and about
+messages dropped because the reading sink is behind."""
 BROKER_TIMEOUT_S = 10.0
 """A limit on CONNACK, SUBACK and PUBACK: a stuck broker fails the connection instead of hanging it."""
 
@@ -168,6 +186,16 @@ class MqttCounters:
     foreign: int = 0
     """Readings, events and statuses of meters not registered, dropped (``known_only``): another site or tenant
     on a shared broker."""
+    dropped: int = 0
+    """Readings and events lost because the sinks were behind: more than ``max_incoming`` waited for them (a
+    reading is cumulative, the next one covers the energy; its meter is still marked online)."""
+    dropped_notices: int = 0
+    """Status notices lost because the notice queue was full (the online map itself is never behind)."""
+    untracked: int = 0
+    """Statuses of meters beyond ``MAX_ONLINE`` (not remembered)."""
+    asked_again: int = 0
+    """Registered meters whose retained status did not come in the burst on connect (the broker drops beyond its
+    queue limits), asked for again by a per-meter subscription."""
 
 
 # --- conversions -------------------------------------------------------------------------------------------
@@ -278,22 +306,36 @@ class _Batcher(Generic[T]):
     themselves: when idle, an item waits at most ``wait_s`` (small: low latency); under a flood, each batch holds
     what arrived while the previous one was being written (few, large batches: few transactions).
 
-    ``put`` waits while the queue is full: a slow sink slows the link down rather than losing readings here.
+    ``put`` waits while the queue is full: a slow sink slows the link's consumer down rather than losing items
+    here (what is received meanwhile waits in the link's bounded intake). ``offer`` is for code that may not
+    wait (a status notice, taken on receipt): it tells whether the item was queued.
     A sink that raises loses that batch (counted and logged); the next batch is tried afresh.
     """
 
     def __init__(
-        self, sink: Callable[[Sequence[T]], Awaitable[None]], counters: MqttCounters, batch_size: int, wait_s: float
+        self,
+        sink: Callable[[Sequence[T]], Awaitable[None]],
+        counters: MqttCounters,
+        batch_size: int,
+        wait_s: float,
+        max_queue: int = MAX_SINK_QUEUE,
     ) -> None:
-        assert 0 < batch_size <= MAX_BATCH and wait_s > 0
+        assert 0 < batch_size <= MAX_BATCH and wait_s > 0 and 0 < max_queue <= MAX_SINK_QUEUE
         self.sink = sink
         self.counters = counters
         self.batch_size = batch_size
         self.wait_s = wait_s
-        self.queue: asyncio.Queue[T] = asyncio.Queue(maxsize=MAX_SINK_QUEUE)
+        self.queue: asyncio.Queue[T] = asyncio.Queue(maxsize=max_queue)
 
     async def put(self, item: T) -> None:
         await self.queue.put(item)
+
+    def offer(self, item: T) -> bool:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        return True
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -334,6 +376,54 @@ async def _discard(_batch: Sequence[object]) -> None:
     return None
 
 
+# --- taking messages on receipt ---------------------------------------------------------------------------
+
+
+class _Intake(asyncio.Queue[aiomqtt.Message]):
+    """The MQTT client's incoming queue (aiomqtt's ``queue_type``), which takes most messages on receipt.
+
+    paho hands every message it reads to ``put_nowait`` (in the event loop, from the socket's read callback) and
+    acks a QoS 1 message right after. So what ``put_nowait`` does not keep is never lost nor delayed by what the
+    link's consumer is doing:
+
+    - statuses (the retained burst on connect: a status per meter at once), acks and raw frames need no sink, only
+      the online map or a waiter: the link takes them here, at once, whatever the consumer waits for;
+    - readings and events by the shared subscription go to the sinks (the database): they wait in this queue,
+      at most ``maxsize`` (the link's ``max_incoming``), for the consumer, which may wait on a slow sink. Beyond
+      that they are dropped and counted; the meter of a dropped reading is still marked online.
+
+    Memory: at most ``maxsize`` messages wait here, each at most ``mqtt.MAX_PAYLOAD_BYTES`` (16 KiB) plus its
+    objects: ~20 MiB for 20,000 real readings (~1 KiB each with the objects), 330 MiB in the worst case at the
+    default; behind them the two sink queues (``MAX_SINK_QUEUE`` snapshots and notices each); the online map
+    holds one entry per meter, at most ``MAX_ONLINE``. Statuses and acks add nothing that grows.
+    Before this, every message queued here: the retained burst of 100,000 meters overflowed the queue and lost
+    statuses, and a slow database held statuses and acks behind readings.
+    """
+
+    def __init__(self, link: MqttLink, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self.link = link
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        link = self.link
+        payload = item.payload
+        if not isinstance(payload, bytes | bytearray):
+            link.counters.refused += 1
+            return
+        try:
+            taken = link.receive(str(item.topic), bytes(payload), _subscription_ids(item), bool(item.retain))
+        except Exception:  # a bug must not end the connection (paho would re-raise it from its read loop)
+            link.counters.refused += 1
+            log.exception("MQTT link %s failed on a message on %s", link.client_id, item.topic)
+            return
+        if taken:
+            return
+        if self.full():
+            link.lost_to_a_full_queue(str(item.topic))
+            return
+        super().put_nowait(item)
+
+
 # --- the link ---------------------------------------------------------------------------------------------
 
 
@@ -370,6 +460,7 @@ class MqttLink:
         reconnect_max_s: float = 30.0,
         keepalive_s: int = 30,
         max_incoming: int = MAX_INCOMING,
+        max_sink_queue: int = MAX_SINK_QUEUE,
     ) -> None:
         assert mqtt.valid_id(group), f"bad group name {group!r}"
         assert sites and all(site == "+" or mqtt.valid_id(site) for site in sites), sites
@@ -389,12 +480,21 @@ class MqttLink:
         self.counters = MqttCounters()
         self._foreign_logged_at = float("-inf")
         self._foreign_unlogged = 0
+        self._dropped_logged_at = float("-inf")
+        self._dropped_unlogged = 0
         self.connected = asyncio.Event()
         self.last_error = ""
-        self._readings = _Batcher[MeterSnapshot](reading_sink or _discard, self.counters, batch_size, batch_wait_s)
-        self._notices = _Batcher[Notice](notice_sink or _discard, self.counters, batch_size, batch_wait_s)
+        self._readings = _Batcher[MeterSnapshot](
+            reading_sink or _discard, self.counters, batch_size, batch_wait_s, max_sink_queue
+        )
+        self._notices = _Batcher[Notice](
+            notice_sink or _discard, self.counters, batch_size, batch_wait_s, max_sink_queue
+        )
         self._client: aiomqtt.Client | None = None
         self._online: dict[str, bool] = {}
+        self._heard: dict[str, bool] = {}
+        """Meters heard from in this session: True when by a live message (a reading, a status change), False
+        when only by a retained status. Cleared on connect; the ``_online`` map itself outlives reconnects."""
         self._meter_ids: dict[str, str] = {}
         self._pending: dict[str, asyncio.Future[mqtt.Ack]] = {}
         self._reading_waiters: dict[str, list[asyncio.Future[MeterSnapshot]]] = {}
@@ -444,6 +544,7 @@ class MqttLink:
         subscribed = False
         try:
             async with self._connect() as client:
+                self._heard.clear()  # a new session: the retained burst may tell us again about every meter
                 await self._subscribe_all(client)
                 self._client = client  # only now: reads and commands need the ack and reply subscriptions
                 subscribed = True
@@ -469,36 +570,68 @@ class MqttLink:
             keepalive=self.keepalive_s,
             timeout=BROKER_TIMEOUT_S,
             max_queued_incoming_messages=self.max_incoming,
-            properties=_connect_properties(min(self.max_incoming, MAX_RECEIVE)),
+            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", functools.partial(_Intake, self)),
+            properties=_connect_properties(MAX_RECEIVE),
         )
 
     async def _subscribe_all(self, client: aiomqtt.Client) -> None:
-        for site in self.sites:
-            up = mqtt.uplink_filter(site)
-            await client.subscribe(f"$share/{self.group}/{up}", qos=1, properties=_subscribe_properties(SUB_SHARED))
-            base = up.removesuffix("#")
-            await client.subscribe(base + mqtt.Kind.STATUS, qos=1, properties=_subscribe_properties(SUB_STATUS))
-            await client.subscribe(base + mqtt.Kind.ACK, qos=1, properties=_subscribe_properties(SUB_ACK))
+        """Subscribe, the statuses last and all sites' in one SUBSCRIBE: the broker answers with the retained
+        burst (a status per meter, tens of thousands), and a SUBACK queued behind it would wait for all of it."""
+        ups = [mqtt.uplink_filter(site) for site in self.sites]
+        # no retained messages by the shared subscription (retain handling 2): Mosquitto 2.0 sends them to
+        # shared subscriptions too, which doubled the burst on connect; STATUS brings them once
+        shared = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        await _subscribe(client, [f"$share/{self.group}/{up}" for up in ups], SUB_SHARED, shared)
+        await _subscribe(client, [up.removesuffix("#") + mqtt.Kind.ACK for up in ups], SUB_ACK)
         for topic_filter in list(self._direct):  # waiters that outlived a reconnect
             await client.subscribe(topic_filter, qos=1, properties=_subscribe_properties(_direct_id(topic_filter)))
+        await _subscribe(client, [up.removesuffix("#") + mqtt.Kind.STATUS for up in ups], SUB_STATUS)
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         reader = asyncio.create_task(self._take_messages(client))
         stopper = asyncio.create_task(stop.wait())
+        asker = asyncio.create_task(self._ask_again(client))
         try:
             await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
             if reader.done():
                 reader.result()  # re-raise the MqttError that ended it
         finally:
-            await _cancel([reader, stopper])
+            await _cancel([reader, stopper, asker])
 
     async def _take_messages(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                self.counters.refused += 1
-                continue
-            await self.handle(str(message.topic), bytes(payload), _subscription_ids(message), bool(message.retain))
+        async for message in client.messages:  # only readings and events for the sinks queue (``_Intake``)
+            await self.take(str(message.topic), bytes(message.payload))
+
+    async def _ask_again(self, client: aiomqtt.Client) -> None:
+        """Ask again for the retained status of each registered meter not heard from since connect, by
+        per-meter subscriptions, ``STATUS_CHUNK`` in one SUBSCRIBE, each chunk unsubscribed once subscribed.
+
+        Why: a broker sends the retained status of every meter at once on subscribe and drops what exceeds its
+        limits: Mosquitto keeps at most Receive Maximum (65,535) in flight plus ``max_queued_messages`` (1,000
+        by default) queued, so on connect a head-end of 100,000 meters would miss a third of them however fast
+        it takes them. A chunk fits those limits, and its statuses come right after its SUBACK.
+        """
+        loop = asyncio.get_running_loop()
+        deadline, seen = loop.time() + BURST_WAIT_S, -1
+        while self.counters.retained != seen and loop.time() < deadline:  # until the burst is over
+            seen = self.counters.retained
+            await asyncio.sleep(BURST_QUIET_S)
+        missing = [key for key in self._meter_ids if key not in self._heard and self._serves(key)]
+        try:
+            for start in range(0, len(missing), STATUS_CHUNK):
+                chunk = [key for key in missing[start : start + STATUS_CHUNK] if key not in self._heard]
+                if not chunk:
+                    continue
+                self.counters.asked_again += len(chunk)
+                filters = [_status_filter(key) for key in chunk]
+                await _subscribe(client, filters, SUB_STATUS)
+                await client.unsubscribe(filters)
+        except aiomqtt.MqttError as error:  # the connection is going: the reader tells, and the next one asks again
+            log.debug("MQTT link %s stopped asking for statuses: %s", self.client_id, error)
+
+    def _serves(self, key: str) -> bool:
+        site, _, meter = key.partition("/")
+        return ("+" in self.sites or site in self.sites) and mqtt.valid_id(site) and mqtt.valid_id(meter)
 
     def _fail_waiters(self, reason: str) -> None:
         error = LinkError(FailureKind.OFFLINE, reason)
@@ -515,54 +648,91 @@ class MqttLink:
 
     # --- uplink ---
 
-    async def handle(
-        self, topic_text: str, payload: bytes, subscriptions: frozenset[int], retained: bool = False
-    ) -> None:
-        """Take one uplink message. Sinks get it only when it came by the shared subscription (or by an
-        unknown one: a broker that sends no subscription identifiers is treated as if everything were shared).
+    def receive(self, topic_text: str, payload: bytes, subscriptions: frozenset[int], retained: bool = False) -> bool:
+        """Take one uplink message on receipt; False when it is a reading or an event for a sink, which the
+        caller queues for ``take`` (the only messages that may wait: see ``_Intake``).
 
-        A retained message is the broker's stored copy, sent when we subscribe (every meter's status at once, a
-        burst of thousands on connect): it only sets the online map. With ``known_only``, messages of meters
-        not registered (another site or tenant on the same broker) are dropped, counted and logged in a summary.
+        Sinks get a message only when it came by the shared subscription (or by an unknown one: a broker that
+        sends no subscription identifiers is treated as if everything were shared). A retained message is the
+        broker's stored copy, sent when we subscribe (every meter's status at once, a burst of thousands on
+        connect): it only sets the online map. With ``known_only``, messages of meters not registered (another
+        site or tenant on the same broker) are dropped, counted and logged in a summary.
         """
         if not payload and retained:
-            return  # a cleared retained status: nothing to learn
-        decoded = mqtt.decode_for_topic(topic_text, payload)
-        if isinstance(decoded, mqtt.SchemaError):
-            self.counters.refused += 1
-            log.debug("refused %s: %s", topic_text, decoded)
-            return
-        topic, message = decoded
+            return True  # a cleared retained status: nothing to learn
+        topic = mqtt.parse_topic(topic_text)
+        if isinstance(topic, mqtt.SchemaError):
+            self._refuse(topic_text, topic)
+            return True
         shared = SUB_SHARED in subscriptions or not subscriptions
         key = _key(topic.site, topic.meter)
-        if self.known_only and key not in self._meter_ids and not isinstance(message, mqtt.Ack | mqtt.RawFrame):
+        if self.known_only and key not in self._meter_ids and topic.kind not in (mqtt.Kind.ACK, mqtt.Kind.RAW):
             if shared or retained:  # count each message once, by the copy that would have reached a sink
                 self._drop_foreign(key)
-            return
-        if isinstance(message, mqtt.Status) and retained:
-            self.counters.retained += 1
-            self._online[key] = message.state == "online"
-        elif isinstance(message, mqtt.Reading):
-            await self._on_reading(key, message, shared)
-        elif isinstance(message, mqtt.Status):
-            await self._on_status(key, message, shared)
+            return True
+        if topic.kind in (mqtt.Kind.READING, mqtt.Kind.EVENT):
+            if not retained:
+                self._observe(key, online=True, live=True)  # a meter that publishes is connected (its topic says)
+            if topic.kind is mqtt.Kind.READING and key in self._reading_waiters:
+                self._wake_readers(key, topic_text, payload)  # a read's reply: at once, not behind the sinks
+            return not shared
+        decoded = mqtt.decode_for_topic(topic_text, payload)
+        if isinstance(decoded, mqtt.SchemaError):
+            self._refuse(topic_text, decoded)
+            return True
+        message = decoded[1]
+        if isinstance(message, mqtt.Status):
+            self._on_status(key, message, shared, retained)
         elif isinstance(message, mqtt.Ack):
             self._on_ack(message)
-        elif isinstance(message, mqtt.Event):
-            if shared:
-                self.counters.events += 1
-                event = MeterEvent(
-                    self._meter_id(key, topic.meter),
-                    message.event_id,
-                    message.type,
-                    message.at,
-                    self.clock(),
-                    message.count,
-                    message.detail,
-                )
-                await self._notices.put(event)
         elif isinstance(message, mqtt.RawFrame):
             self._on_raw(key, message)
+        return True
+
+    async def take(self, topic_text: str, payload: bytes) -> None:
+        """Hand a reading or an event that came by the shared subscription to its sink; waits while the sink's
+        queue is full (the database is behind), holding only readings and events back."""
+        decoded = mqtt.decode_for_topic(topic_text, payload)
+        if isinstance(decoded, mqtt.SchemaError):
+            self._refuse(topic_text, decoded)
+            return
+        topic, message = decoded
+        key = _key(topic.site, topic.meter)
+        if isinstance(message, mqtt.Reading):
+            self.counters.readings += 1
+            await self._readings.put(snapshot_of(self._meter_id(key, message.meter), message, self.clock()))
+        elif isinstance(message, mqtt.Event):
+            self.counters.events += 1
+            event = MeterEvent(
+                self._meter_id(key, topic.meter),
+                message.event_id,
+                message.type,
+                message.at,
+                self.clock(),
+                message.count,
+                message.detail,
+            )
+            await self._notices.put(event)
+        else:  # receive() takes every other kind itself
+            self._refuse(topic_text, mqtt.SchemaError("topic", "not a reading or an event"))
+
+    def _refuse(self, topic_text: str, error: mqtt.SchemaError) -> None:
+        self.counters.refused += 1
+        log.debug("refused %s: %s", topic_text, error)
+
+    def _observe(self, key: str, *, online: bool, live: bool) -> None:
+        """Set a meter's state in the online map: the latest live message wins (a status says online or
+        offline; a reading or an event says online, so an explicit ``offline`` holds until the meter's next
+        message). A retained status is the broker's stored copy, older than anything live: it counts only for a
+        meter not heard live in this session (the burst on subscribe may come after the meter's first live
+        messages)."""
+        if not live and self._heard.get(key, False):
+            return
+        if key not in self._online and len(self._online) >= MAX_ONLINE:
+            self.counters.untracked += 1
+            return
+        self._online[key] = online
+        self._heard[key] = live
 
     def _meter_id(self, key: str, meter: str) -> str:
         return self._meter_ids.get(key, meter)
@@ -580,27 +750,45 @@ class MqttLink:
             )  # fmt: skip
             self._foreign_logged_at, self._foreign_unlogged = now, 0
 
-    async def _on_reading(self, key: str, reading: mqtt.Reading, shared: bool) -> None:
-        waiters = self._reading_waiters.get(key)
-        if not shared and not waiters:
-            return
+    def _wake_readers(self, key: str, topic_text: str, payload: bytes) -> None:
+        decoded = mqtt.decode_for_topic(topic_text, payload)
+        if isinstance(decoded, mqtt.SchemaError) or not isinstance(decoded[1], mqtt.Reading):
+            return  # refused, and counted, by take() when it came by the shared subscription
+        reading = decoded[1]
         snapshot = snapshot_of(self._meter_id(key, reading.meter), reading, self.clock())
-        for waiter in waiters or ():
+        for waiter in self._reading_waiters.get(key, ()):
             if not waiter.done():
                 waiter.set_result(snapshot)
-        if shared:
-            self.counters.readings += 1
-            await self._readings.put(snapshot)
 
-    async def _on_status(self, key: str, status: mqtt.Status, shared: bool) -> None:
+    def _on_status(self, key: str, status: mqtt.Status, shared: bool, retained: bool) -> None:
         online = status.state == "online"
-        self._online[key] = online
+        if retained:
+            self.counters.retained += 1
+            self._observe(key, online=online, live=False)
+            return
+        self._observe(key, online=online, live=True)
         # Every status that came by the shared subscription is a notice, changed or not: the copy by the
         # STATUS subscription may have arrived first, and consumers of notices are idempotent anyway.
         if shared:
             self.counters.statuses += 1
             meter = key.partition("/")[2]
-            await self._notices.put(OnlineChange(self._meter_id(key, meter), online, self.clock(), status.reason))
+            change = OnlineChange(self._meter_id(key, meter), online, self.clock(), status.reason)
+            if not self._notices.offer(change):
+                self.counters.dropped_notices += 1
+
+    def lost_to_a_full_queue(self, topic_text: str) -> None:
+        """Count a reading or event the intake had no room for; log a summary at most every
+        ``FOREIGN_LOG_EVERY_S`` (a flood would otherwise write a line per message)."""
+        self.counters.dropped += 1
+        self._dropped_unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._dropped_logged_at >= FOREIGN_LOG_EVERY_S:
+            log.warning(
+                "MQTT link %s dropped %d reading(s) and event(s) (latest on %s; %d in all): more than %d waited "
+                "for the sinks (the database is behind)",
+                self.client_id, self._dropped_unlogged, topic_text, self.counters.dropped, self.max_incoming,
+            )  # fmt: skip
+            self._dropped_logged_at, self._dropped_unlogged = now, 0
 
     def _on_ack(self, ack: mqtt.Ack) -> None:
         future = self._pending.get(ack.command_id)
@@ -843,6 +1031,19 @@ def _settled(future: asyncio.Future[Any] | None) -> None:
     whose caller is still in ``publish`` and leaves without awaiting it ("exception was never retrieved")."""
     if future is not None and future.done() and not future.cancelled():
         future.exception()
+
+
+async def _subscribe(
+    client: aiomqtt.Client, filters: Sequence[str], identifier: int, options: SubscribeOptions | None = None
+) -> None:
+    """One SUBSCRIBE for ``filters`` (QoS 1 unless ``options`` say otherwise), tagged with ``identifier``."""
+    options = options or SubscribeOptions(qos=1)
+    await client.subscribe([(f, options) for f in filters], properties=_subscribe_properties(identifier))
+
+
+def _status_filter(key: str) -> str:
+    site, _, meter = key.partition("/")
+    return mqtt.topic(site, meter, mqtt.Direction.UP, mqtt.Kind.STATUS)
 
 
 def _direct_filter(endpoint: MeterEndpoint, kind: mqtt.Kind) -> str:
