@@ -20,6 +20,7 @@ from powergate.services import accounts, finance, queries
 from powergate.services import payments as svc
 from powergate.services.accounts import Rejected
 from powergate.store import ledger as store
+from powergate.store.tables_payments import orders
 from powergate.store.tables_structure import sites
 
 WALLET = account_wallet("FIN", "A-2001")
@@ -100,15 +101,17 @@ def books(engine: Engine) -> Iterator[Engine]:
 def test_the_site_time_zone_decides_which_day_a_payment_belongs_to(books: Engine) -> None:
     window = (at("2026-11-21 00:00"), at("2026-11-22 00:00"))
     with books.connect() as conn:
-        local = finance.income(conn, finance.Period.DAY, *window, zone=SHANGHAI, channel="sandbox")
-        utc = finance.income(conn, finance.Period.DAY, *window, zone=UTC, channel="sandbox")
+        local = finance.income(conn, queries.PLATFORM, finance.Period.DAY, *window, zone=SHANGHAI, channel="sandbox")
+        utc = finance.income(conn, queries.PLATFORM, finance.Period.DAY, *window, zone=UTC, channel="sandbox")
     assert [(r.period, r.income_fen) for r in local] == [("2026-11-21", 10_000), ("2026-11-22", 20_000)]
     assert [(r.period, r.income_fen) for r in utc] == [("2026-11-21", 30_000)]
 
 
 def test_income_by_month_and_channel_is_exact_and_nets_the_refunds(books: Engine) -> None:
     with books.connect() as conn:
-        rows = finance.income(conn, finance.Period.MONTH, at("2026-01-01 00:00"), at("2027-01-01 00:00"))
+        rows = finance.income(
+            conn, queries.PLATFORM, finance.Period.MONTH, at("2026-01-01 00:00"), at("2027-01-01 00:00")
+        )
     table = [(r.period, r.channel, r.payments, r.income_fen, r.refunds, r.refunds_fen, r.net_fen) for r in rows]
     assert table == [
         ("2026-11", "cashier", 4, 50_345, 1, 2_000, 48_345),
@@ -118,9 +121,8 @@ def test_income_by_month_and_channel_is_exact_and_nets_the_refunds(books: Engine
 
 def test_income_by_year_for_one_site(books: Engine) -> None:
     with books.connect() as conn:
-        rows = finance.income(
-            conn, finance.Period.YEAR, at("2026-01-01 00:00"), at("2027-01-01 00:00"), site_id=str(site_id(books, "S2"))
-        )
+        year = (at("2026-01-01 00:00"), at("2027-01-01 00:00"))
+        rows = finance.income(conn, queries.PLATFORM, finance.Period.YEAR, *year, site_id=site_id(books, "S2"))
     assert [(r.period, r.channel, r.income_fen) for r in rows] == [("2026", "sandbox", 5_000)]
 
 
@@ -165,7 +167,7 @@ def test_the_platform_order_report_holds_every_organisation_and_an_organisation_
 
 def test_a_cashier_shift_report_counts_and_totals_by_channel_and_gives_the_cash_in_the_drawer(books: Engine) -> None:
     with books.connect() as conn:
-        report = finance.shift_report(conn, "op-li", at("2026-11-22 00:00"), at("2026-11-22 10:00"))
+        report = finance.shift_report(conn, queries.PLATFORM, "op-li", at("2026-11-22 00:00"), at("2026-11-22 10:00"))
     assert [(s.channel, s.method, s.payments, s.total_fen) for s in report.lines] == [
         ("cashier", "card", 1, 12_345),
         ("cashier", "cash", 1, 30_000),
@@ -179,8 +181,10 @@ def test_a_cashier_shift_report_counts_and_totals_by_channel_and_gives_the_cash_
 def test_each_report_exports_to_excel_with_exact_amounts(books: Engine, tmp_path: Path) -> None:
     with books.connect() as conn:
         lines = queries.report_orders(conn, queries.PLATFORM, WINDOW)
-        rows = finance.income(conn, finance.Period.DAY, at("2026-10-01 00:00"), at("2026-12-01 00:00"))
-        shift = finance.shift_report(conn, "op-li", at("2026-11-22 00:00"), at("2026-11-22 10:00"))
+        rows = finance.income(
+            conn, queries.PLATFORM, finance.Period.DAY, at("2026-10-01 00:00"), at("2026-12-01 00:00")
+        )
+        shift = finance.shift_report(conn, queries.PLATFORM, "op-li", at("2026-11-22 00:00"), at("2026-11-22 10:00"))
     finance.export_orders(lines, tmp_path / "orders.xlsx")
     finance.export_income(rows, tmp_path / "income.xlsx", finance.Period.DAY)
     finance.export_shift(shift, tmp_path / "shift.xlsx")
@@ -270,3 +274,60 @@ def test_the_finance_orders_command_prints_every_organisations_orders_and_writes
     assert capsys.readouterr().out.splitlines()[-1] == "1 orders"
     assert main(["finance", "--url", db_url, "orders", *window, "--limit", "0"]) == 2
     assert "--limit must be 1..200000" in capsys.readouterr().out
+
+
+def test_one_sites_order_list_income_and_shift_count_the_same_orders_also_those_recorded_without_a_site(
+    books: Engine, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sale recorded as the demo seed records its opening credits (the policy handed in, no site written on
+    the order) belongs to the site of the account it credits in every report, not only in the order list."""
+    from powergate.cli import main
+
+    sale = svc.NewOrder(WALLET, 4_000, "cashier", "cash", operator="op-li")
+    done = svc.pay_at_cashier(books, {"cashier": Cashier()}, sale, "R-5", POLICY, at("2026-11-22 06:00"))
+    assert isinstance(done, svc.Settlement) and done.verdict is svc.Verdict.ACCEPTED
+    with books.connect() as conn:
+        recorded = conn.execute(select(orders.c.site_id).where(orders.c.receipt_no == "R-5")).scalar_one()
+    assert recorded is None, "the order carries no site of its own"
+    s1, s2 = site_id(books, "S1"), site_id(books, "S2")
+    since, until = WINDOW.since, WINDOW.until
+    assert since is not None and until is not None
+
+    def paid_orders_fen(site: int | None) -> int:
+        with books.connect() as conn:
+            listed = queries.report_orders(conn, queries.PLATFORM, replace(WINDOW, site_id=site))
+        return sum(line.amount_fen for line in listed if line.state in queries.PAID_STATES)
+
+    def income_fen(site: int | None, scope: queries.Scope | queries.PlatformScope = queries.PLATFORM) -> int:
+        with books.connect() as conn:
+            rows = finance.income(conn, scope, finance.Period.MONTH, since, until, site_id=site)
+        return sum(row.income_fen for row in rows)
+
+    assert paid_orders_fen(s1) == income_fen(s1) == 80_345 + 4_000
+    assert paid_orders_fen(s2) == income_fen(s2) == 5_000
+    assert paid_orders_fen(None) == income_fen(None) == income_fen(s1) + income_fen(s2)
+    with books.connect() as conn:
+        fin = int(conn.execute(select(sites.c.organisation_id).where(sites.c.id == s1)).scalar_one())
+    assert income_fen(None, queries.Scope(fin)) == income_fen(s1), "an organisation's income is its own sites'"
+
+    with books.connect() as conn:
+        shift = (at("2026-11-22 00:00"), at("2026-11-22 10:00"))
+        here = finance.shift_report(conn, queries.PLATFORM, "op-li", *shift, site_id=s1)
+        elsewhere = finance.shift_report(conn, queries.PLATFORM, "op-li", *shift, site_id=s2)
+    assert [(s.method, s.payments, s.total_fen) for s in here.lines] == [("card", 1, 12_345), ("cash", 2, 34_000)]
+    assert here.receipts == ("R-1", "R-2", "R-5") and here.cash_in_drawer_fen == 34_000 - 2_000
+    assert (elsewhere.lines, elsewhere.cash_refunds, elsewhere.cash_in_drawer_fen) == ((), 0, 0)
+
+    window = ["--since", "2026-10-01", "--until", "2026-12-01"]
+    assert main(["finance", "--url", db_url, "orders", *window, "--site", str(s1)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "7 orders"
+    assert main(["finance", "--url", db_url, "income", "--by", "year", *window, "--site", str(s1)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "total net 773.45"  # 843.45 paid, 70.00 refunded
+    shift_window = ["--start", "2026-11-22T08:00", "--end", "2026-11-22T18:00"]
+    assert main(["finance", "--url", db_url, "shift", "--operator", "op-li", *shift_window, "--site", str(s1)]) == 0
+    assert "cash in drawer 320.00" in capsys.readouterr().out
+    assert main(["finance", "--url", db_url, "shift", "--operator", "op-li", *shift_window, "--site", str(s2)]) == 0
+    assert "cash in drawer 0.00" in capsys.readouterr().out
+    backwards = ["--start", "2026-11-22T18:00", "--end", "2026-11-22T08:00"]
+    assert main(["finance", "--url", db_url, "shift", "--operator", "op-li", *backwards]) == 2
+    assert "is not after --start" in capsys.readouterr().out

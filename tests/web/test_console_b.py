@@ -476,6 +476,52 @@ def test_orders_filter_and_the_income_endpoint_and_excel_agree(web: Any) -> None
     assert finance.get("/console/finance/income.json?period=week").status_code == 422
 
 
+def test_one_sites_income_adds_up_to_its_order_list_also_for_orders_recorded_without_a_site(web: Any) -> None:
+    """A second site's opening credit is sold as the demo seed sells one (the policy handed in, no site written
+    on the order): the API's order list, the console's order list and its income all give it to the site of
+    the account it credits, and to no other site."""
+    s = seed(web)
+    with web.engine.begin() as conn:
+        annex = _ok(
+            accounts.create_site(
+                conn, s.org_id, "Annex", timezone="Asia/Shanghai", currency="CNY",
+                channels=[PaymentChannel.CASHIER], actor="system:test", now=SETUP,
+            )
+        )  # fmt: skip
+        tenant = _ok(accounts.stage_account(conn, annex, "X-1", "Annex Tenant", actor="system:test", now=SETUP))
+        _ok(accounts.open_account(conn, tenant, actor="system:test", reason="lease signed", now=SETUP))
+        view = accounts.account_view(conn, tenant)
+        assert view is not None
+    opening = payments.NewOrder(view.wallet, 7_700, "cashier", "cash", operator="user:finance@ORG1")
+    policy = payments.PaymentPolicy(frozenset({"cashier"}))
+    _ok(payments.pay_at_cashier(web.engine, {"cashier": Cashier()}, opening, "OPEN-X-1", policy, local(7, 9)))
+    with web.engine.connect() as conn:
+        recorded = conn.execute(
+            select(payments.orders.c.order_no, payments.orders.c.site_id).where(
+                payments.orders.c.receipt_no == "OPEN-X-1"
+            )
+        ).one()
+    assert recorded.site_id is None, "the order carries no site of its own"
+
+    api = web.bearer("finance", s.org_id)
+    console = _lang(web.client("finance", s.org_id), "en")
+    days = {"from": "2026-10-01", "to": "2026-11-30"}
+    window = {"since": "2026-09-30T16:00:00Z", "until": "2026-11-30T16:00:00Z", "limit": 500}
+    totals = {}
+    for site, expected in ((s.site_id, 15_000), (annex, 7_700)):
+        listed = api.get("/api/v1/orders", params={**window, "site_id": site})
+        assert listed.status_code == 200, listed.text
+        paid = [o for o in listed.json()["items"] if o["state"] in ("paid", "refunded", "partially_refunded")]
+        income = console.get("/console/finance/income.json", params={**days, "period": "month", "site": site})
+        assert income.status_code == 200, income.text
+        assert sum(o["amount_fen"] for o in paid) == income.json()["income_fen"] == expected
+        page = console.get("/console/finance", params={**days, "site": site}).text
+        assert (recorded.order_no in page) is (site == annex) and (s.order_no in page) is (site == s.site_id)
+        totals[site] = income.json()["income_fen"]
+    everything = console.get("/console/finance/income.json", params={**days, "period": "month"}).json()
+    assert everything["income_fen"] == sum(totals.values())
+
+
 def _ledger_month(web: Any, wallet: str, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
     """The wallet's postings by entry kind in [start, end), and its balance at ``end``: straight from the ledger."""
     from powergate.store.tables import ledger_accounts

@@ -1,7 +1,9 @@
 """``powergate finance orders|income|shift``: the finance reports, printed or exported to Excel.
 
 Dates and times without a zone are read in ``--zone`` (default Asia/Shanghai), which also decides the day,
-month or year income belongs to. Amounts print as exact yuan with two decimals.
+month or year income belongs to. Amounts print as exact yuan with two decimals. Every report covers every
+organisation (an operator's tool on the server); ``--site`` is a site id and means the same in each report: the
+site of the account the order credits (or the refund debits), so one site's order list and income agree.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from zoneinfo import ZoneInfo
 
 from powergate.config import load_settings
 
+SITE_HELP = "site id (the site of the account the order credits or the refund debits)"
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("finance", help="finance: order list, income, cashier shift; Excel export")
@@ -24,7 +28,7 @@ def register(subparsers: Any) -> None:
     orders = commands.add_parser("orders", help="orders created in [--since, --until)")
     _window(orders)
     orders.add_argument("--channel")
-    orders.add_argument("--site", type=int, help="site id (the site of the account the order credits)")
+    orders.add_argument("--site", type=int, help=SITE_HELP)
     orders.add_argument("--state")
     orders.add_argument("--limit", type=int, default=1_000, help="at most this many, newest first (default 1000)")
     orders.set_defaults(handler=_orders)
@@ -33,13 +37,14 @@ def register(subparsers: Any) -> None:
     _window(income)
     income.add_argument("--by", choices=["day", "month", "year"], default="day")
     income.add_argument("--channel")
-    income.add_argument("--site")
+    income.add_argument("--site", type=int, help=SITE_HELP)
     income.set_defaults(handler=_income)
 
     shift = commands.add_parser("shift", help="a cashier's shift: takings by channel, cash refunds, drawer")
     shift.add_argument("--operator", required=True)
     shift.add_argument("--start", required=True, help="shift start, e.g. 2026-11-22T08:00")
     shift.add_argument("--end", required=True, help="shift end, e.g. 2026-11-22T17:00")
+    shift.add_argument("--site", type=int, help=SITE_HELP)
     shift.add_argument("--xlsx", type=Path, help="also write the report to this Excel file")
     shift.set_defaults(handler=_shift)
 
@@ -105,12 +110,12 @@ def _orders(args: argparse.Namespace) -> int:
 
 
 def _income(args: argparse.Namespace) -> int:
-    from powergate.services import finance
+    from powergate.services import finance, queries
 
     def report(conn: Any, zone: ZoneInfo) -> int:
         period = finance.Period(args.by)
         since, until = _moment(args.since, zone), _moment(args.until, zone)
-        rows = finance.income(conn, period, since, until, zone, args.site, args.channel)
+        rows = finance.income(conn, queries.PLATFORM, period, since, until, zone, args.site, args.channel)
         for r in rows:
             print(f"{r.period:10} {r.channel:8} {r.payments:6} {_yuan(r.income_fen):>14} "
                   f"{r.refunds:4} {_yuan(r.refunds_fen):>12} {_yuan(r.net_fen):>14}")  # fmt: skip
@@ -123,10 +128,14 @@ def _income(args: argparse.Namespace) -> int:
 
 
 def _shift(args: argparse.Namespace) -> int:
-    from powergate.services import finance
+    from powergate.services import finance, queries
 
     def report(conn: Any, zone: ZoneInfo) -> int:
-        shift = finance.shift_report(conn, args.operator, _moment(args.start, zone), _moment(args.end, zone))
+        start, end = _moment(args.start, zone), _moment(args.end, zone)
+        if not start < end:
+            print(f"error: --end {args.end} is not after --start {args.start}")
+            return 2
+        shift = finance.shift_report(conn, queries.PLATFORM, args.operator, start, end, args.site)
         for line in shift.lines:
             print(f"{line.channel:8} {line.method:8} {line.payments:5} {_yuan(line.total_fen):>12}")
         print(f"cash refunds {shift.cash_refunds} {_yuan(-shift.cash_refunds_fen)}")

@@ -1,8 +1,12 @@
 """``powergate headend run|endpoint``: run the head-end role; register how meters are reached.
 
-The database and ``headend.ingest`` come from the settings as for ``powergate serve`` (defaults, then
-``--config``, then ``POWERGATE_*`` variables; ``--url`` wins): with ``headend.ingest = "queue"`` the head-end
-writes each batch of readings to the ingest queue for the workers instead of rating it here.
+``headend run`` takes every head-end setting as ``powergate serve --role headend`` does: the defaults, then
+``--config FILE``, then the ``POWERGATE_*`` variables, and last its own options, each of which overrides one
+setting (``RUN_OPTIONS``; ``--url`` overrides ``database_url``). So the settings file a deployment already has
+for ``serve`` runs the head-end alone unchanged, and an option given on the command line always wins. With
+``headend.ingest = "queue"`` the head-end writes each batch of readings to the ingest queue for the workers
+instead of rating it here. A bad value is named (the option, or the setting and where it came from) before
+anything starts.
 """
 
 from __future__ import annotations
@@ -13,11 +17,31 @@ import datetime as dt
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
-from powergate.config import Config, ConfigError, load_config
+from powergate.config import BY_KEY, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from powergate.domain.notifications import Channel
+    from powergate.services.headend_runtime import HeadendSettings
+
+RUN_OPTIONS: dict[str, str] = {
+    "name": "headend.name",
+    "listen": "headend.dtu_listen",
+    "broker": "headend.mqtt_broker",
+    "group": "headend.mqtt_group",
+    "interval": "headend.read_interval_s",
+    "read": "headend.read_items",
+    "timezone": "timezone",
+}
+"""``headend run``'s options and the setting each overrides (its default is the setting's, from the settings)."""
+
+
+def _default(key: str) -> str:
+    return f"default: {key} of the settings, {BY_KEY[key].default or 'none'}"
 
 
 def register(subparsers: Any) -> None:
@@ -26,18 +50,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", type=Path, help="TOML settings file (docs/configuration.md), as for serve")
     commands = parser.add_subparsers(title="headend commands", metavar="ACTION", required=True)
 
-    run = commands.add_parser("run", help="serve DTUs and MQTT meters, read on schedule, dispatch commands")
-    run.add_argument("--name", default="headend-1", help="unique per live head-end process (default headend-1)")
-    run.add_argument("--listen", default="0.0.0.0:7100", help="DTU listener HOST:PORT, or 'off'")
-    run.add_argument("--broker", help="MQTT broker HOST:PORT for 4G / NB-IoT meters")
-    run.add_argument("--group", default="headend", help="MQTT shared-subscription group")
-    run.add_argument("--interval", type=float, default=900.0, help="read interval in seconds (default 900)")
-    run.add_argument("--timezone", default="Asia/Shanghai", help="site time zone for the daily frozen read")
+    run = commands.add_parser(
+        "run",
+        help="serve DTUs and MQTT meters, read on schedule, dispatch commands",
+        description="Each option overrides one setting of --config FILE and the POWERGATE_* variables.",
+    )
+    run.add_argument("--name", help=f"unique per live head-end process ({_default('headend.name')})")
+    run.add_argument("--listen", help=f"DTU listener HOST:PORT, or 'off' ({_default('headend.dtu_listen')})")
+    run.add_argument(
+        "--broker", help=f"MQTT broker HOST:PORT for 4G / NB-IoT meters ({_default('headend.mqtt_broker')})"
+    )
+    run.add_argument("--group", help=f"MQTT shared-subscription group ({_default('headend.mqtt_group')})")
+    run.add_argument("--interval", type=float, help=f"read interval in seconds ({_default('headend.read_interval_s')})")
+    run.add_argument("--timezone", help=f"site time zone for the daily frozen read ({_default('timezone')})")
     run.add_argument(
         "--read",
-        default="energy,relay",
         help="what each scheduled read fetches, comma separated: energy, instant, relay, prepaid, clock "
-        "(prepaid for meter-side billing; default energy,relay)",
+        f"(prepaid for meter-side billing; {_default('headend.read_items')})",
     )
     run.add_argument(
         "--notify-config", type=Path, help="notification channels (TOML); with it this process delivers notifications"
@@ -58,20 +87,43 @@ def register(subparsers: Any) -> None:
     show.set_defaults(handler=_endpoint_list)
 
 
-def _host_port(text: str, option: str) -> tuple[str, int] | str:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return f"{option}: expected HOST:PORT, got {text!r}"
-    return host, int(port)
-
-
-def _config(args: argparse.Namespace) -> Config | None:
-    """The settings (``--url`` overriding ``database_url``), or None after printing what is wrong."""
+def _config(args: argparse.Namespace, options: dict[str, str] | None = None) -> Config | None:
+    """The settings, each of ``options`` (option name -> setting) given on the command line overriding its
+    setting and ``--url`` overriding ``database_url``; or None after printing what is wrong."""
+    options = options or {}
+    overrides: dict[str, object] = {"database_url": args.url}
+    overrides.update({key: getattr(args, option) for option, key in options.items()})
     try:
-        return load_config(args.config, overrides={"database_url": args.url})
+        return load_config(args.config, overrides=overrides)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        by_option = {key: option for option, key in options.items()}
+        prefix = "from the command line: "
+        if error.setting in by_option and error.message.startswith(prefix):
+            print(f"error: --{by_option[error.setting]}: {error.message.removeprefix(prefix)}", file=sys.stderr)
+        else:
+            print(f"error: {error}", file=sys.stderr)
         return None
+
+
+def headend_settings(
+    config: Config, ingest: str, notify_channels: Mapping[str, Channel] | None = None
+) -> HeadendSettings:
+    """The head-end's settings (``HeadendSettings``) from the loaded settings, the one rule for ``headend run``."""
+    from powergate.headend.model import ReadItem
+    from powergate.headend.scheduler import ScheduleConfig
+    from powergate.services.headend_runtime import HeadendSettings
+
+    items = frozenset(ReadItem(name.strip()) for name in config.headend_read_items.split(",") if name.strip())
+    return HeadendSettings(
+        name=config.headend_name,
+        dtu_listen=config.host_port("headend.dtu_listen"),
+        mqtt_broker=config.host_port("headend.mqtt_broker"),
+        mqtt_group=config.headend_mqtt_group,
+        modbus=config.headend_modbus,
+        schedule=ScheduleConfig(interval_s=config.headend_read_interval_s, tz=ZoneInfo(config.timezone), items=items),
+        notify_channels=notify_channels,
+        ingest=ingest,
+    )
 
 
 def _engine(config: Config) -> Any:
@@ -82,32 +134,10 @@ def _engine(config: Config) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from powergate.cli.serve import ingest_mode
-    from powergate.headend.model import ReadItem
-    from powergate.headend.scheduler import ScheduleConfig
-    from powergate.services.headend_runtime import HeadendRuntime, HeadendSettings
+    from powergate.services.headend_runtime import HeadendRuntime
 
-    config = _config(args)
+    config = _config(args, RUN_OPTIONS)
     if config is None:
-        return 2
-    listen = None if args.listen == "off" else _host_port(args.listen, "--listen")
-    broker = _host_port(args.broker, "--broker") if args.broker else None
-    for value in (listen, broker):
-        if isinstance(value, str):
-            print(f"error: {value}", file=sys.stderr)
-            return 2
-    if args.interval <= 0:
-        print(f"error: --interval must be positive, got {args.interval}", file=sys.stderr)
-        return 2
-    try:
-        tz = ZoneInfo(args.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        print(f"error: --timezone: unknown time zone {args.timezone!r}", file=sys.stderr)
-        return 2
-    try:
-        items = frozenset(ReadItem(name.strip()) for name in args.read.split(",") if name.strip())
-    except ValueError:
-        known = ", ".join(i.value for i in ReadItem if i is not ReadItem.FROZEN_DAY)
-        print(f"error: --read: {args.read!r}; choose from {known}", file=sys.stderr)
         return 2
     channels = None
     if args.notify_config is not None:
@@ -118,16 +148,8 @@ def _run(args: argparse.Namespace) -> int:
         except (ConfigError, OSError) as error:
             print(f"error: --notify-config {args.notify_config}: {error}", file=sys.stderr)
             return 2
-    assert not isinstance(listen, str) and not isinstance(broker, str)
-    settings = HeadendSettings(
-        name=args.name,
-        dtu_listen=listen,
-        mqtt_broker=broker,
-        mqtt_group=args.group,
-        schedule=ScheduleConfig(interval_s=args.interval, tz=tz, items=items or frozenset({ReadItem.ENERGY})),
-        notify_channels=channels,
-        ingest=ingest_mode(config, ("headend",)),  # the one rule serve --role headend follows
-    )
+    # the one rule serve --role headend follows for the ingest mode
+    settings = headend_settings(config, ingest_mode(config, ("headend",)), channels)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = _engine(config)
     runtime = HeadendRuntime(engine, settings)

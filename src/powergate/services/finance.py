@@ -1,11 +1,15 @@
 """Finance: income by day / month / year and by channel, the cashier's shift report, Excel (also of the order
 list, which comes from the read layer: ``queries.report_orders``).
 
-Every sum is an integer number of fen computed from the orders and refunds tables; nothing is rounded. The
-site's time zone decides which day (month, year) a payment belongs to: a payment at 23:30 in Shanghai is
-income of that Shanghai day, although it is 15:30 UTC. Income counts a payment when it was paid
+Every sum is an integer number of fen over the payments and refunds of the read layer
+(``queries.report_payments``, ``queries.report_refunds``); nothing is rounded. They are the orders of the order
+list: the same scope (an organisation, or ``queries.PLATFORM`` for the operator's tools) and the same site (the
+site of the account whose wallet the order credits), so the order list and the income of one site add up
+alike. The site's time zone decides which day (month, year) a payment belongs to: a payment at 23:30 in
+Shanghai is income of that Shanghai day, although it is 15:30 UTC. Income counts a payment when it was paid
 (``paid_at``) and a refund when it was made (``created_at``: the credit left the wallet then); refunds the
-provider refused were put back and do not count. Every query is bounded (``MAX_ROWS``).
+provider refused were put back and do not count. Every query is bounded (``MAX_ROWS``): a wider report is
+``ReportTooLarge``, never a sum of a cut list.
 
 Excel files (openpyxl) carry amounts as exact decimals of yuan with two places and times in the site's zone,
 with the zone named in the header, because Excel has no notion of time zones.
@@ -24,20 +28,22 @@ from zoneinfo import ZoneInfo
 
 from openpyxl import Workbook
 from openpyxl.styles import Font
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import Connection
 
-from powergate.services.queries import OrderRow
-from powergate.store.tables_payments import orders, refunds
+from powergate.services.queries import (
+    MAX_REPORT_ROWS,
+    OrderRow,
+    PlatformScope,
+    Scope,
+    TakingsFilter,
+    report_payments,
+    report_refunds,
+)
+from powergate.services.queries import ReportTooLarge as ReportTooLarge  # the reports' error, raised there
 
-MAX_ROWS = 200_000
-"""Bound on the rows one report reads; a wider report is refused (narrow the dates)."""
-PAID_STATES = ("paid", "refunded", "partially_refunded")
-COUNTED_REFUNDS = ("pending", "processing", "succeeded")
+MAX_ROWS = MAX_REPORT_ROWS
+"""Bound on the rows one report reads; a wider report is refused (``ReportTooLarge``: narrow the dates)."""
 DEFAULT_ZONE = ZoneInfo("Asia/Shanghai")
-
-
-class ReportTooLarge(ValueError):
-    """The report would read more than ``MAX_ROWS`` rows."""
 
 
 class Period(StrEnum):
@@ -65,40 +71,28 @@ class IncomeRow:
 
 def income(
     conn: Connection,
+    scope: Scope | PlatformScope,
     period: Period,
     since: dt.datetime,
     until: dt.datetime,
     zone: ZoneInfo = DEFAULT_ZONE,
-    site_id: str | None = None,
+    site_id: int | None = None,
     channel: str | None = None,
 ) -> list[IncomeRow]:
-    """Payments and refunds in [since, until) per local period and channel, sorted; integer fen."""
+    """Payments and refunds in [since, until) per local period and channel, sorted; integer fen.
+
+    ``site_id`` is the id of the site of the account the order credits, as for ``queries.report_orders``.
+    """
     assert since.tzinfo and until.tzinfo, "income bounds must be timezone-aware"
-    paid = select(orders.c.channel, orders.c.paid_at, orders.c.amount_fen).where(
-        orders.c.state.in_(PAID_STATES), orders.c.paid_at >= since, orders.c.paid_at < until
-    )
-    back = select(refunds.c.channel, refunds.c.created_at, refunds.c.amount_fen).where(
-        refunds.c.state.in_(COUNTED_REFUNDS), refunds.c.created_at >= since, refunds.c.created_at < until
-    )
-    if site_id is not None:
-        paid, back = paid.where(orders.c.site_id == site_id), back.where(refunds.c.site_id == site_id)
-    if channel is not None:
-        paid, back = paid.where(orders.c.channel == channel), back.where(refunds.c.channel == channel)
+    wanted = TakingsFilter(since, until, site_id=site_id, channel=channel)
     sums: dict[tuple[str, str], list[int]] = {}
     fmt = _PERIOD_FORMATS[period]
-    for index, query in ((0, paid), (2, back)):
-        for row_channel, at, amount in _bounded(conn, query):
-            cell = sums.setdefault((at.astimezone(zone).strftime(fmt), row_channel), [0, 0, 0, 0])
+    for index, takings in ((0, report_payments(conn, scope, wanted)), (2, report_refunds(conn, scope, wanted))):
+        for taking in takings:
+            cell = sums.setdefault((taking.at.astimezone(zone).strftime(fmt), taking.channel), [0, 0, 0, 0])
             cell[index] += 1
-            cell[index + 1] += int(amount)
+            cell[index + 1] += taking.amount_fen
     return [IncomeRow(p, ch, *values) for (p, ch), values in sorted(sums.items())]
-
-
-def _bounded(conn: Connection, query: Select[Any]) -> Iterable[Any]:
-    rows = conn.execute(query.limit(MAX_ROWS + 1)).all()
-    if len(rows) > MAX_ROWS:
-        raise ReportTooLarge(f"the report would read more than {MAX_ROWS} rows; narrow the dates")
-    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,32 +125,26 @@ class ShiftReport:
         return cash - self.cash_refunds_fen
 
 
-def shift_report(conn: Connection, operator: str, start: dt.datetime, end: dt.datetime) -> ShiftReport:
-    """Payments the operator confirmed and cash refunds the operator paid in [start, end)."""
+def shift_report(
+    conn: Connection,
+    scope: Scope | PlatformScope,
+    operator: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    site_id: int | None = None,
+) -> ShiftReport:
+    """Payments the operator confirmed and cash refunds the operator paid in [start, end); with ``site_id``
+    only those of the accounts of that site (as for ``queries.report_orders``)."""
     assert start.tzinfo and end.tzinfo and start < end, "a shift is a timezone-aware [start, end)"
-    taken = select(
-        orders.c.channel, orders.c.method, orders.c.amount_fen, orders.c.receipt_no, orders.c.order_no
-    ).where(
-        orders.c.operator == operator,
-        orders.c.state.in_(PAID_STATES),
-        orders.c.paid_at >= start,
-        orders.c.paid_at < end,
-    )
+    wanted = TakingsFilter(start, end, site_id=site_id, operator=operator)
     lines: dict[tuple[str, str], list[int]] = {}
     receipts: list[str] = []
-    for channel, method, amount, receipt_no, order_no in _bounded(conn, taken):
-        cell = lines.setdefault((channel, method), [0, 0])
+    for taking in report_payments(conn, scope, wanted):
+        cell = lines.setdefault((taking.channel, taking.method), [0, 0])
         cell[0] += 1
-        cell[1] += int(amount)
-        receipts.append(receipt_no or order_no)
-    paid_out = select(refunds.c.amount_fen).where(
-        refunds.c.operator == operator,
-        refunds.c.destination == "cash",
-        refunds.c.state.in_(COUNTED_REFUNDS),
-        refunds.c.created_at >= start,
-        refunds.c.created_at < end,
-    )
-    cash_refunds = [int(amount) for (amount,) in _bounded(conn, paid_out)]
+        cell[1] += taking.amount_fen
+        receipts.append(taking.reference or taking.number)
+    cash_refunds = [t.amount_fen for t in report_refunds(conn, scope, wanted) if t.method == "cash"]
     return ShiftReport(
         operator,
         start,

@@ -5,8 +5,11 @@ caller picks what it shows (the API's response models exclude what they do not p
 
 Every query takes a ``Scope``: the organisation whose data may be read and, for a tenant, the one account they
 may see. Scoping is part of each query's WHERE clause, never a check after the fact, so a row of another
-organisation is simply not found (the API answers 404 and ids do not leak). The order report
-(``report_orders``) also takes ``PLATFORM``: every organisation at once, for the operator's tools on the server.
+organisation is simply not found (the API answers 404 and ids do not leak). The finance reports
+(``report_orders``, ``report_payments``, ``report_refunds``) also take ``PLATFORM``: every organisation at once,
+for the operator's tools on the server. A site in a finance filter is always the site of the account whose
+wallet the order credits (or the refund debits), never the free text recorded on the order, so the order list,
+the income report and the shift report of one site count the same orders.
 
 Pagination is by keyset, not offset: a page is the first ``limit`` rows after the cursor in the list's fixed
 order (``id`` or ``(at, id)``), and ``next_cursor`` is the opaque encoding of the last row's key. A list that
@@ -816,13 +819,23 @@ def _command(row: Any) -> CommandRow:
 @dataclass(frozen=True, slots=True)
 class PlatformScope:
     """Every organisation's orders at once: for operator tools run on the server (``powergate finance``), which
-    reconcile the takings of the whole platform. A web caller always has an organisation's ``Scope``. Only
-    ``report_orders`` accepts it, so a query not written for it cannot be handed one (mypy says so)."""
+    reconcile the takings of the whole platform. A web caller always has an organisation's ``Scope``. Only the
+    finance reports (``report_orders``, ``report_payments``, ``report_refunds``) accept it, so a query not
+    written for it cannot be handed one (mypy says so)."""
 
 
 PLATFORM = PlatformScope()
 MAX_REPORT_ROWS = 200_000
-"""Bound on an order report taken as one list (``report_orders``); a wider one is cut there (narrow the dates)."""
+"""Bound on a finance report taken as one list. The order list is cut there (``report_orders``: it is a list);
+payments and refunds that would exceed it raise ``ReportTooLarge`` (they are summed: a cut sum would be wrong)."""
+PAID_STATES = ("paid", "refunded", "partially_refunded")
+"""Order states in which the money was received (a later refund is a refund of its own)."""
+COUNTED_REFUNDS = ("pending", "processing", "succeeded")
+"""Refund states in which the money left the wallet (a refund the provider refused was put back)."""
+
+
+class ReportTooLarge(ValueError):
+    """The report would read more than ``MAX_REPORT_ROWS`` rows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -983,15 +996,12 @@ class RefundFilter:
     until: dt.datetime | None = None
 
 
-def _refunds_query(scope: Scope) -> Select[Any]:
+def _refunds_query(scope: Scope | PlatformScope) -> Select[Any]:
     owner = (accounts.c.id.label("account_id"), accounts.c.account_no)
     return select(refunds, *owner).join(accounts, _owned(scope, refunds.c.wallet_account_id))
 
 
-def list_refunds(
-    conn: Connection, scope: Scope, wanted: RefundFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
-) -> Page[RefundRow]:
-    """Refunds, newest first."""
+def _refunds_wanted(scope: Scope | PlatformScope, wanted: RefundFilter) -> Select[Any]:
     c = refunds.c
     query = _refunds_query(scope)
     for column, value in (
@@ -1006,6 +1016,15 @@ def list_refunds(
         query = query.where(c.created_at >= wanted.since)
     if wanted.until is not None:
         query = query.where(c.created_at < wanted.until)
+    return query
+
+
+def list_refunds(
+    conn: Connection, scope: Scope, wanted: RefundFilter, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
+) -> Page[RefundRow]:
+    """Refunds, newest first."""
+    c = refunds.c
+    query = _refunds_wanted(scope, wanted)
     return _page(conn, query, [c.id], [int], cursor, limit, _refund, lambda r: [int(r.id)], descending=True)
 
 
@@ -1015,6 +1034,78 @@ def _refund(row: Any) -> RefundRow:
         int(row.amount_fen), row.destination, row.state, row.reason, row.operator, row.created_at, row.completed_at,
         row.failure,
     )  # fmt: skip
+
+
+# --- takings: payments received and refunds made (the income report, the cashier's shift) -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TakingsFilter:
+    """Payments received (``paid_at``) or refunds made (``created_at``) in [since, until); optionally one site
+    (the id of the account's site, as in ``OrderFilter``), one channel, one operator (who took the payment or
+    paid the refund)."""
+
+    since: dt.datetime
+    until: dt.datetime
+    site_id: int | None = None
+    channel: str | None = None
+    operator: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Taking:
+    """One payment received or one refund made: what the finance reports add up."""
+
+    number: str
+    """The order number of a payment, the refund number of a refund."""
+    channel: str
+    method: str
+    """How a payment was made (the order's method); where a refund went (its destination)."""
+    amount_fen: int
+    at: dt.datetime
+    """When a payment was received (``paid_at``), when a refund was made (``created_at``)."""
+    reference: str | None
+    """The receipt or reference number of a payment; None for a refund."""
+    operator: str | None
+
+
+def report_payments(
+    conn: Connection, scope: Scope | PlatformScope, wanted: TakingsFilter, *, limit: int = MAX_REPORT_ROWS
+) -> list[Taking]:
+    """Payments received in the window, oldest first: the orders of ``report_orders`` (same scope, same site)
+    in a paid state, by ``paid_at``. More than ``limit`` is ``ReportTooLarge`` (a sum of a cut list is wrong)."""
+    c = orders.c
+    selected = _orders_wanted(scope, OrderFilter(site_id=wanted.site_id, channel=wanted.channel))
+    query = selected.where(c.state.in_(PAID_STATES), c.paid_at >= wanted.since, c.paid_at < wanted.until)
+    if wanted.operator is not None:
+        query = query.where(c.operator == wanted.operator)
+    columns = (c.order_no, c.channel, c.method, c.amount_fen, c.paid_at, c.receipt_no, c.operator)
+    rows = _bounded(conn, query.with_only_columns(*columns).order_by(c.paid_at, c.id), limit)
+    return [Taking(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6]) for r in rows]
+
+
+def report_refunds(
+    conn: Connection, scope: Scope | PlatformScope, wanted: TakingsFilter, *, limit: int = MAX_REPORT_ROWS
+) -> list[Taking]:
+    """Refunds made in the window that took money out (``COUNTED_REFUNDS``), oldest first, scoped and sited as
+    the orders are. More than ``limit`` is ``ReportTooLarge``."""
+    c = refunds.c
+    query = _refunds_wanted(scope, RefundFilter(site_id=wanted.site_id, since=wanted.since, until=wanted.until))
+    query = query.where(c.state.in_(COUNTED_REFUNDS))
+    for column, value in ((c.channel, wanted.channel), (c.operator, wanted.operator)):
+        if value is not None:
+            query = query.where(column == value)
+    columns = (c.refund_no, c.channel, c.destination, c.amount_fen, c.created_at, c.operator)
+    rows = _bounded(conn, query.with_only_columns(*columns).order_by(c.created_at, c.id), limit)
+    return [Taking(r[0], r[1], r[2], int(r[3]), r[4], None, r[5]) for r in rows]
+
+
+def _bounded(conn: Connection, query: Select[Any], limit: int) -> list[Any]:
+    assert 1 <= limit <= MAX_REPORT_ROWS, limit
+    rows = conn.execute(query.limit(limit + 1)).all()
+    if len(rows) > limit:
+        raise ReportTooLarge(f"the report would read more than {limit} rows; narrow the dates")
+    return list(rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1552,12 +1643,16 @@ def _settlement(row: Any) -> SettlementRow:
 
 __all__ = [
     "ACK_ACTION",
+    "COUNTED_REFUNDS",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "MAX_PAGE_ROWS",
+    "MAX_REPORT_ROWS",
     "MAX_SEARCH_CHARS",
     "MAX_SUBJECT_CHARS",
     "METER_STATES",
+    "PAID_STATES",
+    "PLATFORM",
     "AccountFilter",
     "AccountRow",
     "AuditFilter",
@@ -1574,15 +1669,19 @@ __all__ = [
     "OrderRow",
     "Page",
     "PlaceRow",
+    "PlatformScope",
     "ReadingRow",
     "ReconciliationAlarmRow",
     "RefundFilter",
     "RefundRow",
+    "ReportTooLarge",
     "RoomFilter",
     "RoomRow",
     "Scope",
     "SettlementRow",
     "SiteRow",
+    "Taking",
+    "TakingsFilter",
     "TariffRow",
     "account_meter_ids",
     "alarm_subject",
@@ -1624,6 +1723,9 @@ __all__ = [
     "number_orders",
     "organisation_code",
     "organisation_subjects",
+    "report_orders",
+    "report_payments",
+    "report_refunds",
     "scope_meter_ids",
     "site_ids",
     "tariffs_with_documents",

@@ -35,11 +35,12 @@ from openpyxl.utils import get_column_letter
 from sqlalchemy import ColumnElement, Connection, and_, case, func, select
 
 from powergate.domain.money import MICROS_PER_UNIT
-from powergate.services.finance import COUNTED_REFUNDS, PAID_STATES, IncomeRow, ReportTooLarge
+from powergate.services import finance
+from powergate.services.finance import IncomeRow, ReportTooLarge
 from powergate.services.freeze import local_midnight, month_bounds
+from powergate.services.queries import Scope
 from powergate.store.tables import ledger_entries, ledger_postings
 from powergate.store.tables_freeze import daily_freezes
-from powergate.store.tables_payments import orders, refunds
 from powergate.store.tables_structure import accounts, sites
 
 MAX_ROWS = 200_000
@@ -370,43 +371,13 @@ def income_by(
     zone: ZoneInfo,
     channel: str | None = None,
 ) -> list[IncomeRow]:
-    """Payments and refunds of the organisation's wallets per local period and channel, integer fen.
-
-    The same rules as ``powergate.services.finance.income`` (a payment counts when paid, a refund when made,
-    refused refunds do not count), scoped to the organisation (and a site) through the paying wallet's account.
-    """
+    """Payments and refunds of the organisation's wallets per local period and channel, integer fen: the income
+    report of ``powergate.services.finance.income`` for the site-local days [first, last], scoped to the
+    organisation (and a site: the site of the paying wallet's account, as in the order list)."""
     _check_span(first, last)
     since, until = local_midnight(first, zone), local_midnight(last + dt.timedelta(days=1), zone)
-    wallets = _site_wallets(organisation_id, site_id)
-    paid = select(orders.c.channel, orders.c.paid_at, orders.c.amount_fen).where(
-        orders.c.state.in_(PAID_STATES),
-        orders.c.paid_at >= since,
-        orders.c.paid_at < until,
-        orders.c.wallet_account_id.in_(wallets),
-    )
-    back = select(refunds.c.channel, refunds.c.created_at, refunds.c.amount_fen).where(
-        refunds.c.state.in_(COUNTED_REFUNDS),
-        refunds.c.created_at >= since,
-        refunds.c.created_at < until,
-        refunds.c.wallet_account_id.in_(wallets),
-    )
-    if channel is not None:
-        paid, back = paid.where(orders.c.channel == channel), back.where(refunds.c.channel == channel)
-    sums: dict[tuple[str, str], list[int]] = {}
-    fmt = _PERIOD_FORMATS[period]
-    for index, query in ((0, paid), (2, back)):
-        for row_channel, at, amount in _bounded(conn, query):
-            cell = sums.setdefault((at.astimezone(zone).strftime(fmt), row_channel), [0, 0, 0, 0])
-            cell[index] += 1
-            cell[index + 1] += int(amount)
-    return [IncomeRow(p, ch, *values) for (p, ch), values in sorted(sums.items())]
-
-
-def _bounded(conn: Connection, query: Any) -> list[Any]:
-    rows = conn.execute(query.limit(MAX_ROWS + 1)).all()
-    if len(rows) > MAX_ROWS:
-        raise ReportTooLarge(f"the report would read more than {MAX_ROWS} rows; narrow the dates")
-    return list(rows)
+    scope, by = Scope(organisation_id), finance.Period(period.value)
+    return finance.income(conn, scope, by, since, until, zone, site_id, channel)
 
 
 def _check_span(first: dt.date, last: dt.date) -> None:
