@@ -9,13 +9,18 @@ The loop, for platform-side billing::
 Invariants:
 - Decisions are written in the transaction that changed the balance (``after_ingest`` inside the ingest batch,
   ``after_recharge`` inside the payment's ``settle``): a committed balance always has its decisions queued, and a
-  rolled-back one has none.
+  rolled-back one has none. ``evaluate`` decides wallet by wallet, then writes the states and outbox rows of
+  the whole call in bulk (new states in one insert, changed ones in one update, the outbox rows in one insert
+  in decision order), so a batch of thousands of wallets costs a handful of statements inside that transaction.
 - Every outbox key is unique (``<kind>:<wallet id>:<generation>[:<level>]``, the generation bumped by every
   decision), so one decision is queued once even if two workers evaluate the same wallet concurrently (the
   loser's unique violation rolls its transaction back and the caller retries).
 - The relay is at-least-once with idempotent consumers: the command id is ``<outbox key>:<meter id>``, and
   ``enqueue`` returns the first row for a repeated id, so a crash between enqueue and marking the row processed
   sends nothing twice. Rows are relayed in id order, so a close never overtakes the trip it follows.
+- Every head-end and worker runs a relay; on PostgreSQL they claim disjoint rows (``FOR UPDATE SKIP LOCKED``),
+  and a wallet's rows keep their id order across relays (a row waits while an earlier one of its wallet is held
+  by another relay).
 - Meter-side billing wallets (``billing_mode = 'meter'``) get no relay decisions here: their meters trip
   themselves.
 - Warnings stay in the outbox (kind ``warning``) for the notifications issue: nothing processes them yet.
@@ -60,8 +65,9 @@ from powergate.headend.commands import Enqueued, Problem, QueuedCommand
 from powergate.headend.model import CommandKind, MeterCommand
 from powergate.services import notify
 from powergate.services.site_calendar import NO_SITE, SiteCalendars, sites_of_meters
-from powergate.store import metering
+from powergate.store import metering, wakeup
 from powergate.store.audit import record_audit
+from powergate.store.bulk import Bulk
 from powergate.store.tables import ledger_accounts, meters, tariffs
 from powergate.store.tables_autorecharge import autorecharge_bindings, autorecharge_runs
 from powergate.store.tables_calendar import tariff_warning_levels
@@ -215,6 +221,20 @@ class _Stored:
     exists: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Saved:
+    """A wallet's new policy state, to be written: ``exists``: update its row, else insert one."""
+
+    wallet_id: int
+    state: PolicyState
+    generation: int
+    exists: bool
+
+
+_OutboxRow = tuple[str, str, str, int]
+"""(kind, key, payload JSON, wallet account id): an outbox row as ``_write_outbox`` takes it."""
+
+
 def after_ingest(conn: Connection, wallet_balances_changed: Collection[int], now: dt.datetime) -> int:
     """The ingest hook: evaluate the policy of every wallet (ledger account id) whose balance a batch changed.
 
@@ -246,7 +266,15 @@ def _rearm_autorecharge(conn: Connection, wallet_id: int, now: dt.datetime) -> N
 
 
 def evaluate(conn: Connection, wallet_ids: Sequence[int], now: dt.datetime) -> int:
-    """Decide for each wallet from its balance now; write changed states and the decisions' outbox rows."""
+    """Decide for each wallet from its balance now; write changed states and the decisions' outbox rows.
+
+    Decisions are taken wallet by wallet in the order given; the writes are then made for all of them at once
+    (``_save_states``: new states in one bulk insert, changed ones in one bulk update; ``_write_outbox``: every
+    outbox row in one bulk insert, in decision order, so ids keep that order). All inside the caller's
+    transaction: a failure (say, a concurrent evaluation's unique outbox key) leaves nothing half-applied.
+    A wallet listed twice is evaluated once. Returns the number of outbox rows written.
+    """
+    wallet_ids = list(dict.fromkeys(wallet_ids))
     if not wallet_ids:
         return 0
     balances = _balances(conn, wallet_ids)
@@ -255,7 +283,8 @@ def evaluate(conn: Connection, wallet_ids: Sequence[int], now: dt.datetime) -> i
     zones = _zones(conn, wallet_ids)
     plans = _plan_levels_of_wallets(conn, wallet_ids)
     calendars = CALENDARS.for_wallets(conn, wallet_ids)
-    written = 0
+    saved: list[_Saved] = []
+    rows: list[_OutboxRow] = []
     for wallet_id in wallet_ids:
         stored_policy = policies.get(wallet_id, WalletPolicy())
         if wallet_id not in balances or stored_policy.billing_mode != "platform":
@@ -268,33 +297,48 @@ def evaluate(conn: Connection, wallet_ids: Sequence[int], now: dt.datetime) -> i
         if decision.state == stored.state and stored.exists:
             continue
         generation = stored.generation + (1 if decision.changed else 0)
-        _save_state(conn, wallet_id, decision.state, generation, stored.exists, now)
-        written += _write_decisions(conn, wallet_id, generation, decision, balance_micros, now)
-    return written
-
-
-def _write_decisions(
-    conn: Connection, wallet_id: int, generation: int, decision: Decision, balance_micros: int, now: dt.datetime
-) -> int:
-    rows: list[dict[str, Any]] = []
-    base = {"wallet_account_id": wallet_id, "balance_micros": balance_micros}
-    for level in decision.warnings_micros:
-        rows.append(_row("warning", f"warning:{wallet_id}:{generation}:{level}", {**base, "level_micros": level}))
-    if decision.deferred_until is not None:
-        until = decision.deferred_until.isoformat()
-        rows.append(_row("trip_deferred", f"trip_deferred:{wallet_id}:{generation}", {**base, "until": until}))
-    if decision.trip:
-        rows.append(_row("trip", f"trip:{wallet_id}:{generation}", base))
-    if decision.close:
-        rows.append(_row("close", f"close:{wallet_id}:{generation}", base))
-    if rows:
-        extra = {"wallet_account_id": wallet_id, "created_at": now, "available_at": now, "attempts": 0}
-        conn.execute(insert(outbox), [{**row, **extra} for row in rows])
+        saved.append(_Saved(wallet_id, decision.state, generation, stored.exists))
+        rows.extend(_decision_rows(wallet_id, generation, decision, balance_micros))
+    bulk = Bulk(conn)
+    _save_states(bulk, saved, now)
+    _write_outbox(bulk, rows, now)
     return len(rows)
 
 
-def _row(kind: str, key: str, payload: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": kind, "key": key, "payload": json.dumps(payload, sort_keys=True)}
+def _decision_rows(wallet_id: int, generation: int, decision: Decision, balance_micros: int) -> list[_OutboxRow]:
+    """The outbox rows of one decision, in the order they are relayed: warnings, deferral, trip, close."""
+    rows: list[_OutboxRow] = []
+    base = {"wallet_account_id": wallet_id, "balance_micros": balance_micros}
+    for level in decision.warnings_micros:
+        rows.append(
+            _row(wallet_id, "warning", f"warning:{wallet_id}:{generation}:{level}", {**base, "level_micros": level})
+        )
+    if decision.deferred_until is not None:
+        until = decision.deferred_until.isoformat()
+        rows.append(
+            _row(wallet_id, "trip_deferred", f"trip_deferred:{wallet_id}:{generation}", {**base, "until": until})
+        )
+    if decision.trip:
+        rows.append(_row(wallet_id, "trip", f"trip:{wallet_id}:{generation}", base))
+    if decision.close:
+        rows.append(_row(wallet_id, "close", f"close:{wallet_id}:{generation}", base))
+    return rows
+
+
+OUTBOX_COLUMNS = ("kind", "key", "payload", "wallet_account_id", "created_at", "available_at", "attempts")
+
+
+def _row(wallet_id: int, kind: str, key: str, payload: dict[str, Any]) -> _OutboxRow:
+    return kind, key, json.dumps(payload, sort_keys=True), wallet_id
+
+
+def _write_outbox(bulk: Bulk, rows: Sequence[_OutboxRow], now: dt.datetime) -> None:
+    """Insert ``rows`` in their order (ids follow it) and wake the relays when the transaction commits."""
+    if not rows:
+        return
+    at = bulk.ts(now)
+    bulk.insert("outbox", OUTBOX_COLUMNS, [(*row, at, at, 0) for row in rows])
+    wakeup.notify(bulk.conn, wakeup.OUTBOX)  # on PostgreSQL a COPY, which the wake-up hook does not see
 
 
 def _balances(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -326,21 +370,43 @@ def _zones(conn: Connection, ids: Sequence[int]) -> dict[int, str]:
     return found
 
 
-def _save_state(
-    conn: Connection, wallet_id: int, state: PolicyState, generation: int, exists: bool, now: dt.datetime
-) -> None:
-    values = {
-        "fired_levels": json.dumps(sorted(state.fired_micros, reverse=True)),
-        "supply_on": state.supply_on,
-        "trip_due_at": state.trip_due_at,
-        "generation": generation,
-        "updated_at": now,
-    }
-    if exists:
-        table = wallet_states
-        conn.execute(update(table).where(table.c.wallet_account_id == wallet_id).values(**values))
-    else:
-        conn.execute(insert(wallet_states).values(wallet_account_id=wallet_id, **values))
+STATE_COLUMNS = (
+    ("fired_levels", "text"),
+    ("supply_on", "boolean"),
+    ("trip_due_at", "timestamptz"),
+    ("generation", "bigint"),
+    ("updated_at", "timestamptz"),
+)
+"""``wallet_states``' columns after the key, with their PostgreSQL types (``Bulk.update``'s arrays)."""
+
+
+def _save_states(bulk: Bulk, saved: Sequence[_Saved], now: dt.datetime) -> None:
+    """Insert the new states and update the changed ones: one bulk statement each, rows in wallet id order.
+
+    Concurrent writers lock state rows in id order: on PostgreSQL an ``UPDATE ... FROM unnest(...)`` locks rows
+    in whatever order its plan visits them, so several rows are locked first with an ordered ``SELECT ... FOR
+    NO KEY UPDATE`` (as ``store.ledger`` does for balances); one row needs no ordering, SQLite no lock.
+    """
+    at = bulk.ts(now)
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    for item in sorted(saved, key=lambda s: s.wallet_id):
+        state = item.state
+        row = (
+            item.wallet_id,
+            json.dumps(sorted(state.fired_micros, reverse=True)),
+            state.supply_on,
+            bulk.ts(state.trip_due_at),
+            item.generation,
+            at,
+        )
+        (updates if item.exists else inserts).append(row)
+    if len(updates) > 1 and not bulk.sqlite:
+        ids = [row[0] for row in updates]
+        lock = "SELECT wallet_account_id FROM wallet_states WHERE wallet_account_id = ANY(%s)"
+        bulk.conn.exec_driver_sql(f"{lock} ORDER BY wallet_account_id FOR NO KEY UPDATE", (ids,))
+    bulk.update("wallet_states", ("wallet_account_id", "bigint"), STATE_COLUMNS, updates)
+    bulk.insert("wallet_states", ("wallet_account_id", *(name for name, _ in STATE_COLUMNS)), inserts)
 
 
 def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
@@ -464,12 +530,22 @@ class Relayed:
     closes: int = 0
     """Close commands newly queued: the caller wakes the dispatcher at once when this is not 0."""
     problems: tuple[str, ...] = ()
+    deferred: int = 0
+    """Rows claimed but left for a later run: an earlier row of their wallet was held by another relay."""
 
 
 def process_outbox(engine: Engine, now: dt.datetime, limit: int = DEFAULT_RELAY_BATCH) -> Relayed:
     """Turn unprocessed outbox rows into meter commands (trip, close) and notifications (warning, trip, close),
     and mark them processed, in one transaction. A notification problem (say, a template missing a variable) is
-    recorded on the row but never holds back a relay command."""
+    recorded on the row but never holds back a relay command.
+
+    Every head-end and every worker runs a relay. On PostgreSQL each claims its rows with ``FOR UPDATE SKIP
+    LOCKED``, so concurrent relays take disjoint rows instead of relaying the same ones and waiting on each
+    other's locks; SQLite's single writer (``BEGIN IMMEDIATE``) runs one relay transaction at a time. A wallet's
+    rows stay in id order across relays: a claimed row whose wallet has an earlier unprocessed row held by
+    another relay is left for a later run (``_overtaking``), so a close never overtakes the trip it follows
+    (the later command would supersede the earlier one at the meter).
+    """
     assert 0 < limit <= MAX_RELAY_BATCH, limit
     with engine.begin() as conn:
         query = (
@@ -484,8 +560,11 @@ def process_outbox(engine: Engine, now: dt.datetime, limit: int = DEFAULT_RELAY_
             .where(outbox.c.kind.in_(PROCESSED_KINDS), outbox.c.processed_at.is_(None), outbox.c.available_at <= now)
             .order_by(outbox.c.id)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         )
-        rows = conn.execute(query).all()
+        claimed = conn.execute(query).all()
+        waiting = _overtaking(conn, claimed, now)
+        rows = [row for row in claimed if int(row.id) not in waiting]
         commands = closes = 0
         problems: list[str] = []
         for row in rows:
@@ -501,7 +580,28 @@ def process_outbox(engine: Engine, now: dt.datetime, limit: int = DEFAULT_RELAY_
             if fault is not None:
                 problems.append(fault)
             _mark(conn, int(row.id), now, fault)
-    return Relayed(len(rows), commands, closes, tuple(problems))
+    return Relayed(len(rows), commands, closes, tuple(problems), len(waiting))
+
+
+def _overtaking(conn: Connection, claimed: Sequence[Any], now: dt.datetime) -> set[int]:
+    """The ids of claimed rows that would overtake an earlier unprocessed row of their wallet that this relay
+    does not hold (another relay holds it, or it committed after the claim): they wait for a later run.
+
+    PostgreSQL only: with SQLite's single writer no other relay holds a row. One query for the whole batch,
+    with arrays (at most ``MAX_RELAY_BATCH`` wallets and ids).
+    """
+    if not claimed or conn.dialect.name == "sqlite":
+        return set()
+    ours = [int(row.id) for row in claimed]
+    wallets = sorted({int(row.wallet_account_id) for row in claimed})
+    earliest = conn.exec_driver_sql(
+        "SELECT wallet_account_id, min(id) FROM outbox"
+        " WHERE kind = ANY(%s) AND processed_at IS NULL AND available_at <= %s AND id < %s"
+        " AND wallet_account_id = ANY(%s) AND NOT (id = ANY(%s)) GROUP BY wallet_account_id",
+        (list(PROCESSED_KINDS), now, max(ours), wallets, ours),
+    )
+    held_elsewhere = {int(wallet_id): int(first_id) for wallet_id, first_id in earliest}
+    return {int(row.id) for row in claimed if int(row.id) > held_elsewhere.get(int(row.wallet_account_id), int(row.id))}
 
 
 def _notify_one(
