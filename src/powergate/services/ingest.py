@@ -250,15 +250,16 @@ class Ingestor:
 
         bulk = Bulk(conn)
         outcomes, entries, changed = self._rate(conn, fresh, meters, states, report)
-        # The revenue accounts every deduction credits are the hottest rows there are: their balances are
-        # updated last, so another head-end's batch waits for them only while this one commits.
-        shared: dict[int, int] = {}
-        entry_ids = ledger_store.post_batch(conn, entries, now, self.accounts, bulk, hold_shared=shared)
+        # The revenue account every deduction credits is the hottest row there is, held from its balance update
+        # to the commit: the balances are updated once the readings and states are written, so another
+        # head-end's batch waits for it only while this one decides its balance policy and commits.
+        deltas: dict[int, int] = {}
+        entry_ids = ledger_store.post_batch(conn, entries, now, self.accounts, bulk, defer_deltas=deltas)
         metering.insert_readings(conn, reading_rows(bulk, outcomes, entry_ids, bulk.ts(now)), bulk)
         metering.save_states(conn, changed.values(), had_state, bulk)
+        ledger_store.apply_deltas(conn, deltas, bulk)
         if self.after_post is not None:  # issue 5 hook: balance policy decisions, in this same transaction
             self.after_post(conn, {m.wallet_account_id for m in meters.values()}, now)
-        ledger_store.apply_deltas(conn, shared, bulk)
         return report
 
     def _rate(

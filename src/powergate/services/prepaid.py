@@ -65,6 +65,7 @@ from powergate.headend.commands import Enqueued, Problem, QueuedCommand
 from powergate.headend.model import CommandKind, MeterCommand
 from powergate.services import notify
 from powergate.services.site_calendar import NO_SITE, SiteCalendars, sites_of_meters
+from powergate.store import ledger as ledger_store
 from powergate.store import metering, wakeup
 from powergate.store.audit import record_audit
 from powergate.store.bulk import Bulk
@@ -655,6 +656,9 @@ def due_trips(engine: Engine, now: dt.datetime, limit: int = 1_000) -> int:
             .limit(limit)
         )
         ids = [int(i) for i in conn.execute(query).scalars()]
+        # an ingest of one of these wallets may be deciding from its balance right now: wait for it, so this
+        # decision starts from what it committed instead of overwriting its state with one worked out before
+        ledger_store.lock_balances(conn, ids)
         written = evaluate(conn, ids, now)
         resend_lapsed(conn, now, limit)
         retry_failed(conn, now, limit)

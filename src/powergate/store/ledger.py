@@ -8,11 +8,11 @@ Invariants kept here, inside the caller's transaction:
   ``audit`` recomputes them from the journal.
 - A wallet never goes below ``-overdraft_limit_micros`` through a refund: the balance update is conditional,
   so the database enforces the limit even against a concurrent deduction.
-- Balances are locked in one order everywhere: wallets first, then the shared accounts (revenue, clearing,
-  equity), each group by id. Every deduction of every meter credits the same few revenue accounts, so those
-  rows are hot: ingest applies their deltas last, just before it commits (``post_batch(hold_shared=...)``), and
-  concurrent head-ends then queue on them for a moment instead of for a whole batch. One order for all writers
-  keeps that deadlock-free.
+- Balances are locked in one order everywhere: by account id, all of a statement's accounts at once. The
+  shared accounts (revenue, clearing, equity) that every deduction or payment touches are hot rows, held from
+  the balance update to the commit: ingest therefore updates its balances late in its transaction
+  (``post_batch(defer_deltas=...)``, then ``apply_deltas`` after the readings and rating states are written),
+  so concurrent head-ends queue on them only for the end of a batch.
 """
 
 from __future__ import annotations
@@ -172,9 +172,7 @@ def post(conn: Connection, entry: Entry, now: dt.datetime, accounts: AccountCach
                     for a, p in zip(account_ids, entry.postings, strict=True)
                 ],
             )
-            in_lock_order = sorted(
-                zip(account_ids, entry.postings, strict=True), key=lambda pair: (_shared(pair[1].account), pair[0])
-            )
+            in_lock_order = sorted(zip(account_ids, entry.postings, strict=True), key=lambda pair: pair[0])
             for account_id, posting in in_lock_order:
                 _apply_to_balance(conn, account_id, posting.account, posting.amount_micros, entry.kind)
     except IntegrityError:
@@ -219,7 +217,7 @@ def post_batch(
     accounts: AccountCache,
     bulk: Bulk | None = None,
     *,
-    hold_shared: dict[int, int] | None = None,
+    defer_deltas: dict[int, int] | None = None,
 ) -> list[int]:
     """Write many new entries at once (the ingest path); returns their ids, in the order given.
 
@@ -227,9 +225,9 @@ def post_batch(
     ``IntegrityError`` that rolls back the caller's whole batch, which is then retried. Refunds, whose limit
     must be checked per entry, go through ``post``. ``bulk``: the caller's, to share its timestamp cache.
 
-    Wallet balances are updated here. So are the shared accounts' (revenue, clearing, equity), unless the
-    caller passes ``hold_shared``: their deltas are then added to it, and the caller must ``apply_deltas`` them
-    later in the same transaction, after everything else it locks (see the module's lock order).
+    Balances are updated here, unless the caller passes ``defer_deltas``: the net change per account id is then
+    added to it, and the caller must ``apply_deltas`` it later in the same transaction (the hot shared accounts
+    are then held for a shorter time; see the module's lock order).
     """
     if not entries:
         return []
@@ -242,8 +240,6 @@ def post_batch(
     entry_rows = []
     posting_rows = []
     deltas: dict[int, int] = {}
-    deltas_seen: set[int] = set()
-    wallet_ids: set[int] = set()
     for entry_id, entry in zip(entry_ids, entries, strict=True):
         kind = entry.kind
         assert kind is not refund, "refunds are posted one by one"
@@ -256,31 +252,23 @@ def post_batch(
             amount = posting.amount_micros
             posting_rows.append((entry_id, account_id, amount))
             deltas[account_id] = deltas.get(account_id, 0) + amount
-            if account_id not in deltas_seen:
-                deltas_seen.add(account_id)
-                if not _shared(code):
-                    wallet_ids.add(account_id)
     bulk.insert(
         "ledger_entries",
         ("id", "idempotency_key", "kind", "event_at", "recorded_at", "description"),
         entry_rows,
     )
     bulk.insert("ledger_postings", ("entry_id", "account_id", "amount_micros"), posting_rows)
-    wallets = {account_id: delta for account_id, delta in deltas.items() if account_id in wallet_ids}
-    shared = {account_id: delta for account_id, delta in deltas.items() if account_id not in wallet_ids}
-    apply_deltas(conn, wallets, bulk)
-    if hold_shared is None:
-        apply_deltas(conn, shared, bulk)
+    if defer_deltas is None:
+        apply_deltas(conn, deltas, bulk)
     else:
-        for account_id, delta in shared.items():
-            hold_shared[account_id] = hold_shared.get(account_id, 0) + delta
+        for account_id, delta in deltas.items():
+            defer_deltas[account_id] = defer_deltas.get(account_id, 0) + delta
     return entry_ids
 
 
 def apply_deltas(conn: Connection, deltas: dict[int, int], bulk: Bulk | None = None) -> None:
     """Add the net change per account id to the materialised balances (one statement, many rows).
 
-    Callers pass wallets and shared accounts in separate calls, wallets first (the module's lock order).
     Concurrent writers lock the accounts in id order, so they never deadlock: on PostgreSQL an ``UPDATE ... FROM
     unnest(...)`` locks rows in whatever order its plan visits them, so the rows are locked first with an ordered
     ``SELECT ... FOR NO KEY UPDATE`` (the lock the UPDATE itself takes; ``FOR UPDATE`` would also conflict with
@@ -290,14 +278,18 @@ def apply_deltas(conn: Connection, deltas: dict[int, int], bulk: Bulk | None = N
     rows = [(a, d) for a, d in sorted(deltas.items()) if d != 0]
     bulk = bulk or Bulk(conn)
     if rows and not bulk.sqlite:
-        ids = [account_id for account_id, _ in rows]
-        conn.exec_driver_sql("SELECT id FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", (ids,))
+        lock_balances(conn, [account_id for account_id, _ in rows])
     bulk.update("ledger_accounts", ("id", "bigint"), [("balance_micros", "bigint")], rows, add=True)
 
 
-def _shared(code: str) -> bool:
-    """Whether an account is shared by many wallets' entries (revenue, clearing, equity): locked last."""
-    return account_kind(code) is not AccountKind.WALLET
+def lock_balances(conn: Connection, account_ids: Sequence[int]) -> None:
+    """PostgreSQL: lock these accounts' balances until the transaction ends, in id order, with the lock their
+    update takes (``FOR NO KEY UPDATE``). A writer that decides from a balance without changing it (the deferred
+    trips falling due) takes it too, so an ingest of the same wallet cannot commit between its read and its
+    write. SQLite's one writer needs none."""
+    if account_ids and conn.dialect.name == "postgresql":
+        query = "SELECT id FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+        conn.exec_driver_sql(query, (sorted(account_ids),))
 
 
 def audit(conn: Connection) -> list[Discrepancy]:
