@@ -35,6 +35,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_READINGS_KEEP_MONTHS = 3
 MAX_READINGS_KEEP_MONTHS = 1_200
 INGEST_MODES = ("direct", "queue")
+MAX_BATCH_WAIT_S = 5.0
+"""Longest gathering wait for pushed readings: beyond it a tenant's usage and a trip at zero would lag visibly."""
 
 
 class ConfigError(ValueError):
@@ -80,6 +82,11 @@ def _port(value: object) -> str | None:
 
 def _positive(value: object) -> str | None:
     return None if isinstance(value, int | float) and value > 0 else f"{value!r} must be a positive number"
+
+
+def _batch_wait(value: object) -> str | None:
+    ok = isinstance(value, int | float) and 0 < value <= MAX_BATCH_WAIT_S
+    return None if ok else f"{value!r} must be a number of seconds above 0 and at most {MAX_BATCH_WAIT_S}"
 
 
 def _timezone(value: object) -> str | None:
@@ -170,6 +177,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("headend.mqtt_broker", str, "", "HOST:PORT of the MQTT 5 broker for 4G / NB-IoT meters; empty: none.",
             _optional_host_port),
     Setting("headend.mqtt_group", str, "headend", "MQTT shared-subscription group of the head-end processes.", _name),
+    Setting("headend.mqtt_batch_wait_s", float, 0.25, "Longest wait to gather pushed MQTT readings into one "
+            "ingest transaction: larger batches cost less CPU per reading, and a reading waits at most this long.",
+            _batch_wait),
     Setting("headend.modbus", bool, True, "Read meters behind Modbus TCP gateways."),
     Setting("headend.read_interval_s", float, 900.0, "Seconds between two scheduled reads of a meter.", _positive),
     Setting("headend.read_items", str, "energy,relay", "What a scheduled read fetches: energy, instant, relay, "
@@ -213,6 +223,7 @@ class Config:
     headend_dtu_listen: str
     headend_mqtt_broker: str
     headend_mqtt_group: str
+    headend_mqtt_batch_wait_s: float
     headend_modbus: bool
     headend_read_interval_s: float
     headend_read_items: str

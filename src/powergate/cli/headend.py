@@ -108,7 +108,8 @@ def _config(args: argparse.Namespace, options: dict[str, str] | None = None) -> 
 def headend_settings(
     config: Config, ingest: str, notify_channels: Mapping[str, Channel] | None = None
 ) -> HeadendSettings:
-    """The head-end's settings (``HeadendSettings``) from the loaded settings, the one rule for ``headend run``."""
+    """The head-end's settings (``HeadendSettings``) from the loaded settings: the one rule for ``headend run``
+    and ``serve --role headend``."""
     from powergate.headend.model import ReadItem
     from powergate.headend.scheduler import ScheduleConfig
     from powergate.services.headend_runtime import HeadendSettings
@@ -119,6 +120,7 @@ def headend_settings(
         dtu_listen=config.host_port("headend.dtu_listen"),
         mqtt_broker=config.host_port("headend.mqtt_broker"),
         mqtt_group=config.headend_mqtt_group,
+        mqtt_batch_wait_s=config.headend_mqtt_batch_wait_s,
         modbus=config.headend_modbus,
         schedule=ScheduleConfig(interval_s=config.headend_read_interval_s, tz=ZoneInfo(config.timezone), items=items),
         notify_channels=notify_channels,

@@ -23,7 +23,6 @@ import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from powergate.config import Config, ConfigError, load_config
 
@@ -191,20 +190,10 @@ async def _api(config: Config, parts: dict[str, Any], stop: asyncio.Event) -> No
 
 
 async def _headend(config: Config, engine: Any, stop: asyncio.Event, ingest: str = "direct") -> None:
-    from powergate.headend.model import ReadItem
-    from powergate.headend.scheduler import ScheduleConfig
-    from powergate.services.headend_runtime import HeadendRuntime, HeadendSettings
+    from powergate.cli.headend import headend_settings
+    from powergate.services.headend_runtime import HeadendRuntime
 
-    items = frozenset(ReadItem(name.strip()) for name in config.headend_read_items.split(",") if name.strip())
-    settings = HeadendSettings(
-        name=config.headend_name,
-        dtu_listen=config.host_port("headend.dtu_listen"),
-        mqtt_broker=config.host_port("headend.mqtt_broker"),
-        mqtt_group=config.headend_mqtt_group,
-        modbus=config.headend_modbus,
-        schedule=ScheduleConfig(interval_s=config.headend_read_interval_s, tz=ZoneInfo(config.timezone), items=items),
-        ingest=ingest,
-    )
+    settings = headend_settings(config, ingest)
     runtime = HeadendRuntime(engine, settings)
     running = asyncio.create_task(runtime.run(stop))
     readiness = asyncio.create_task(runtime.ready.wait())
