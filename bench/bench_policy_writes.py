@@ -20,24 +20,19 @@ journal is needed). Figures are the median of ``REPEATS`` runs, the state and ou
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from bench.bench_relay import database
 
 YUAN = 1_000_000
 WALLETS = 5_000
 REPEATS = 3
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=ZoneInfo("Asia/Shanghai")).astimezone(dt.UTC)
 TARIFF = 'id = "flat"\n[[versions]]\neffective_from = "2020-01-01"\nprice = "1.0000"\n'
 PHASES = ("first", "unchanged", "all changed")
@@ -48,34 +43,6 @@ class Timing:
     seconds: float
     statements: int
     outbox_rows: int
-
-
-@contextlib.contextmanager
-def database(kind: str) -> Iterator[str]:
-    """A fresh migrated database URL (a SQLite file in a temporary directory, or a new PostgreSQL database)."""
-    from powergate.store.db import upgrade
-
-    if kind == "sqlite":
-        directory = Path(tempfile.mkdtemp(prefix="bench-policy-"))
-        url = f"sqlite:///{directory / 'powergate.db'}"
-        upgrade(url)
-        try:
-            yield url
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-        return
-    import psycopg
-
-    name = f"bench_policy_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def first_balance(index: int) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import uuid
+from collections.abc import Sequence
 
 import pytest
 
@@ -89,3 +91,28 @@ effective_from = "2020-01-01"
 price = "1.0000"
 """
 """The tariff file of a flat 1 yuan/kWh tariff with id ``flat``: integration tests' meters are rated by it."""
+
+
+def unique(prefix: str) -> str:
+    """A name no other test run uses (MQTT client ids, sites, databases on a shared service)."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def publish_and_wait(broker: tuple[str, int], messages: Sequence[tuple[str, bytes, bool]], timeout_s: float) -> None:
+    """Publish (topic, payload, retain) to a real broker at QoS 1, many in flight at once, and return once the
+    broker has taken them all (blocking: call it through ``asyncio.to_thread`` from a coroutine)."""
+    import paho.mqtt.client as paho
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=unique("pg-pub-"), protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(1_000)
+    client.max_queued_messages_set(0)
+    client.connect(*broker)
+    client.loop_start()
+    try:
+        sent = [client.publish(topic, payload, qos=1, retain=retain) for topic, payload, retain in messages]
+        for info in sent:
+            info.wait_for_publish(timeout_s)
+            assert info.is_published(), "the broker did not take a message in time"
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -12,10 +12,8 @@ import contextlib
 import datetime as dt
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-import paho.mqtt.client as paho
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -29,16 +27,12 @@ from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.tables import readings
 from powergate.store.tables_headend import meter_events
-from testkit import FLAT_TARIFF
+from testkit import FLAT_TARIFF, publish_and_wait, unique
 
 pytestmark = pytest.mark.mqtt
 TIMEOUT_S = 15.0
 RETAINED = 3_000
 AT = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
 def address(index: int) -> str:
@@ -111,23 +105,7 @@ def status_topic(site: str, meter: str) -> str:
 
 async def publish(broker: tuple[str, int], messages: Sequence[tuple[str, bytes, bool]]) -> None:
     """Publish (topic, payload, retain) at QoS 1, many in flight at once, and wait until the broker has them all."""
-    await asyncio.to_thread(_publish, broker, messages)
-
-
-def _publish(broker: tuple[str, int], messages: Sequence[tuple[str, bytes, bool]]) -> None:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=unique("pg-pub-"), protocol=paho.MQTTv5)
-    client.max_inflight_messages_set(1_000)
-    client.max_queued_messages_set(0)
-    client.connect(*broker)
-    client.loop_start()
-    try:
-        sent = [client.publish(topic, payload, qos=1, retain=retain) for topic, payload, retain in messages]
-        for info in sent:
-            info.wait_for_publish(TIMEOUT_S)
-            assert info.is_published(), "the broker did not take a message in time"
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    await asyncio.to_thread(publish_and_wait, broker, messages, TIMEOUT_S)
 
 
 def reading(site: str, meter: str, total_wh: int) -> tuple[str, bytes, bool]:

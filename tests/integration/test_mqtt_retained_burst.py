@@ -12,24 +12,19 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import aiomqtt
-import paho.mqtt.client as paho
 import pytest
 
 from powergate.headend.model import CommandKind, CommandResult, MeterCommand, MeterEndpoint, MeterSnapshot, Transport
 from powergate.headend.mqtt_link import MqttLink, Notice, OnlineChange
 from powergate.protocols import mqtt
+from testkit import publish_and_wait, unique
 
 pytestmark = pytest.mark.mqtt
 TIMEOUT_S = 20.0
 AT = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
 def address(index: int) -> str:
@@ -85,23 +80,7 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 
 async def publish(broker: tuple[str, int], messages: Sequence[tuple[str, bytes, bool]]) -> None:
     """Publish (topic, payload, retain) at QoS 1, many in flight, and wait until the broker has them all."""
-    await asyncio.to_thread(_publish, broker, messages)
-
-
-def _publish(broker: tuple[str, int], messages: Sequence[tuple[str, bytes, bool]]) -> None:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=unique("pg-pub-"), protocol=paho.MQTTv5)
-    client.max_inflight_messages_set(1_000)
-    client.max_queued_messages_set(0)
-    client.connect(*broker)
-    client.loop_start()
-    try:
-        sent = [client.publish(topic, payload, qos=1, retain=retain) for topic, payload, retain in messages]
-        for info in sent:
-            info.wait_for_publish(TIMEOUT_S)
-            assert info.is_published(), "the broker did not take a message in time"
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    await asyncio.to_thread(publish_and_wait, broker, messages, TIMEOUT_S)
 
 
 def status(site: str, meter: str, state: str) -> tuple[str, bytes, bool]:
