@@ -1,12 +1,26 @@
 """``MqttLink``: the head-end's MQTT transport (4G / NB-IoT meters through a broker such as Mosquitto or EMQX).
 
-Subscriptions (MQTT 5, each tagged with a subscription identifier so a message tells which one it came by)::
+Two broker connections, subscriptions (MQTT 5, each tagged with a subscription identifier so a message tells
+which one it came by)::
 
+    bulk     <client_id>-bulk
     $share/{group}/pg/v1/{site}/+/up/#  SHARED   readings, events, statuses: each goes to ONE worker of the group
+    control  <client_id>
     pg/v1/{site}/+/up/status            STATUS   every worker: the retained status of every meter (online map)
     pg/v1/{site}/+/up/ack               ACK      every worker: the ack of a command reaches the worker that sent it
     pg/v1/{site}/{meter}/up/reading     READING  only while a ``read`` of that meter waits for its reply
     pg/v1/{site}/{meter}/up/raw         RAW      only while a transparent ``exchange`` with that meter waits
+    (and every publish: commands, reads, raw frames)
+
+Why two connections: a broker sends a client's messages down one TCP stream in order. With one connection, a
+head-end that could not keep up with the readings (100,000 meters at peak: 5,000 readings/s offered, 1,500/s
+taken) had thousands of readings queued ahead of every PUBACK of its commands and every meter's ack, and paho sends
+no more than 20 QoS 1 publishes before their PUBACKs: trip and close commands waited minutes, most were never
+even sent. The readings now come by a connection of their own (``bulk``), which may fall behind and drop readings
+(counted) without delaying anything on ``control``; a payment's close command is published and acked by a
+connection that carries only a trickle. Each connection reconnects on its own. Losing ``control`` fails every
+waiter; losing ``bulk`` fails none (readings published meanwhile go to the group's other workers, or are covered
+by the next reading).
 
 ``{site}`` is ``+`` (every site) unless the link is given the sites it serves (a head-end sharded by site).
 With ``known_only`` (the head-end's setting) messages of meters not registered are dropped before any sink:
@@ -34,9 +48,10 @@ Invariants kept:
 - a command is published at QoS 1 and answered by the ack carrying its ``command_id``; an ack ``error`` is
   ``LinkError(REJECTED)``, ``ok`` + ``already_applied`` is ``CommandResult(ok=True, already_applied=True)``;
 - an expired command (``valid_until`` passed) is never published;
-- losing the broker fails every waiter at once with ``LinkError(OFFLINE)``; ``run`` reconnects with capped,
-  jittered exponential backoff and subscribes again. Sessions are clean: readings published while the head-end
-  was away are not replayed, and need not be, because registers are cumulative (the next reading covers them).
+- losing the control connection fails every waiter at once with ``LinkError(OFFLINE)``; ``run`` reconnects each
+  connection with capped, jittered exponential backoff and subscribes again. Sessions are clean: readings
+  published while the head-end was away are not replayed, and need not be, because registers are cumulative (the
+  next reading covers them).
 
 The head-end clock stamps ``MeterSnapshot.at`` (time of receipt, UTC); the meter's own time goes to
 ``meter_time`` so time sync can compare the two.
@@ -53,7 +68,7 @@ import itertools
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, cast
 
@@ -170,7 +185,14 @@ NoticeSink = Callable[[Sequence[Notice]], Awaitable[None]]
 @dataclass(slots=True)
 class MqttCounters:
     connects: int = 0
+    """Control connections made (subscribed); the bulk connection's are ``bulk_connects``."""
     disconnects: int = 0
+    """Control connections lost (each failed every waiter); the bulk connection's are ``bulk_disconnects``."""
+    bulk_connects: int = 0
+    """Bulk connections made (the shared subscription: readings and events for the sinks)."""
+    bulk_disconnects: int = 0
+    """Bulk connections lost: readings published meanwhile went to the group's other workers, or nowhere (the
+    next reading covers them); commands, reads and statuses went on by the control connection."""
     readings: int = 0
     events: int = 0
     statuses: int = 0
@@ -398,11 +420,16 @@ class _Intake(asyncio.Queue[aiomqtt.Message]):
     holds one entry per meter, at most ``MAX_ONLINE``. Statuses and acks add nothing that grows.
     Before this, every message queued here: the retained burst of 100,000 meters overflowed the queue and lost
     statuses, and a slow database held statuses and acks behind readings.
+
+    Each of the link's two connections has its own intake; ``shared`` says which: the bulk connection carries
+    only the shared subscription (so everything it brings is a shared copy, whatever identifiers the broker
+    sends), the control connection none of it.
     """
 
-    def __init__(self, link: MqttLink, maxsize: int = 0) -> None:
+    def __init__(self, link: MqttLink, maxsize: int = 0, *, shared: bool) -> None:
         super().__init__(maxsize)
         self.link = link
+        self.shared = shared
 
     def put_nowait(self, item: aiomqtt.Message) -> None:
         link = self.link
@@ -411,7 +438,9 @@ class _Intake(asyncio.Queue[aiomqtt.Message]):
             link.counters.refused += 1
             return
         try:
-            taken = link.receive(str(item.topic), bytes(payload), _subscription_ids(item), bool(item.retain))
+            taken = link.receive(
+                str(item.topic), bytes(payload), _subscription_ids(item), bool(item.retain), shared=self.shared
+            )
         except Exception:  # a bug must not end the connection (paho would re-raise it from its read loop)
             link.counters.refused += 1
             log.exception("MQTT link %s failed on a message on %s", link.client_id, item.topic)
@@ -434,7 +463,12 @@ class _DirectSubscription:
 
 
 class MqttLink:
-    """A ``MeterLink`` over an MQTT broker; ``run(stop)`` keeps the connection, the other methods use it.
+    """A ``MeterLink`` over an MQTT broker; ``run(stop)`` keeps the two connections, the other methods use them.
+
+    ``connected`` is set while the control connection is up: commands, reads and exchanges can be made and the
+    online map is kept. ``bulk_connected`` is set while the bulk connection is up; while it is down the link still
+    commands and reads meters, but hands no pushed readings, events or status notices to the sinks (the group's
+    other workers take them, or the next reading covers them).
 
     Endpoints: ``link_id`` is the site and ``address`` the meter's name in its topics. Pushed readings are
     given the ``meter_id`` of an endpoint passed to ``register``, or the topic's meter name when there is none.
@@ -483,7 +517,12 @@ class MqttLink:
         self._dropped_logged_at = float("-inf")
         self._dropped_unlogged = 0
         self.connected = asyncio.Event()
+        """Set while the control connection is up (commands, reads, statuses); see the class docstring."""
+        self.bulk_connected = asyncio.Event()
+        """Set while the bulk connection is up (the shared subscription: readings and events for the sinks)."""
         self.last_error = ""
+        """Why the control connection was last lost (or could not be made)."""
+        self.last_bulk_error = ""
         self._readings = _Batcher[MeterSnapshot](
             reading_sink or _discard, self.counters, batch_size, batch_wait_s, max_sink_queue
         )
@@ -491,6 +530,9 @@ class MqttLink:
             notice_sink or _discard, self.counters, batch_size, batch_wait_s, max_sink_queue
         )
         self._client: aiomqtt.Client | None = None
+        """The control connection, while it is up and subscribed."""
+        self._bulk: aiomqtt.Client | None = None
+        """The bulk connection, while it is up and subscribed."""
         self._online: dict[str, bool] = {}
         self._heard: dict[str, bool] = {}
         """Meters heard from in this session: True when by a live message (a reading, a status change), False
@@ -522,35 +564,59 @@ class MqttLink:
     # --- connection ---
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stay connected until ``stop`` is set, reconnecting with backoff; then hand over queued sink items."""
+        """Keep both connections until ``stop`` is set, each reconnecting with backoff on its own; then hand over
+        queued sink items.
+
+        The bulk connection is made first (its first attempt, bounded by ``BROKER_TIMEOUT_S`` per step): so when
+        ``connected`` is first set, pushed readings already flow too.
+        """
         flushers = [asyncio.create_task(self._readings.run()), asyncio.create_task(self._notices.run())]
-        failures = 0
+        bulk_tried = asyncio.Event()
         try:
-            while not stop.is_set():
-                failures = 0 if await self._session(stop) else failures + 1
-                if stop.is_set():
-                    break
-                delay_s = min(self.reconnect_max_s, self.reconnect_min_s * 2 ** min(failures, 16))
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._keep(stop, self._bulk_session, bulk_tried))
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay_s * self._random.uniform(0.5, 1.0)):
-                        await stop.wait()
+                    async with asyncio.timeout(3 * BROKER_TIMEOUT_S):
+                        await _first(self.bulk_connected.wait(), bulk_tried.wait(), stop.wait())
+                group.create_task(self._keep(stop, self._control_session))
         finally:
             await _cancel(flushers)
             await self._readings.drain()
             await self._notices.drain()
 
-    async def _session(self, stop: asyncio.Event) -> bool:
-        """One broker connection, until stop or loss; whether it got as far as subscribing."""
+    async def _keep(
+        self,
+        stop: asyncio.Event,
+        session: Callable[[asyncio.Event], Awaitable[bool]],
+        tried: asyncio.Event | None = None,
+    ) -> None:
+        """Run ``session`` again and again until stop, with capped, jittered exponential backoff after failures;
+        set ``tried`` once the first session has ended."""
+        failures = 0
+        while not stop.is_set():
+            failures = 0 if await session(stop) else failures + 1
+            if tried is not None:
+                tried.set()
+            if stop.is_set():
+                break
+            delay_s = min(self.reconnect_max_s, self.reconnect_min_s * 2 ** min(failures, 16))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s * self._random.uniform(0.5, 1.0)):
+                    await stop.wait()
+
+    async def _control_session(self, stop: asyncio.Event) -> bool:
+        """One control connection, until stop or loss; whether it got as far as subscribing. Losing it fails
+        every waiter (commands, reads, exchanges): their acks and replies come by it."""
         subscribed = False
         try:
-            async with self._connect() as client:
+            async with self._connect(self.client_id, shared=False) as client:
                 self._heard.clear()  # a new session: the retained burst may tell us again about every meter
-                await self._subscribe_all(client)
+                await self._subscribe_control(client)
                 self._client = client  # only now: reads and commands need the ack and reply subscriptions
                 subscribed = True
                 self.counters.connects += 1
                 self.connected.set()
-                await self._serve(client, stop)
+                await self._serve(client, stop, self._ask_again(client))
         except aiomqtt.MqttError as error:
             self.counters.disconnects += 1
             self.last_error = str(error)
@@ -561,45 +627,76 @@ class MqttLink:
             self._fail_waiters("lost the connection to the broker")
         return subscribed
 
-    def _connect(self) -> aiomqtt.Client:
+    async def _bulk_session(self, stop: asyncio.Event) -> bool:
+        """One bulk connection (the shared subscription only), until stop or loss; whether it subscribed.
+        Losing it fails no waiter: readings published meanwhile go to the group's other workers, or are lost
+        (counted by nobody: the next reading covers the energy)."""
+        subscribed = False
+        client_id = f"{self.client_id}-bulk"
+        try:
+            async with self._connect(client_id, shared=True) as client:
+                await self._subscribe_bulk(client)
+                self._bulk = client
+                subscribed = True
+                self.counters.bulk_connects += 1
+                self.bulk_connected.set()
+                await self._serve(client, stop)
+        except aiomqtt.MqttError as error:
+            self.counters.bulk_disconnects += 1
+            self.last_bulk_error = str(error)
+            log.warning("MQTT link %s lost the broker %s:%d: %s", client_id, self.host, self.port, error)
+        finally:
+            self._bulk = None
+            self.bulk_connected.clear()
+        return subscribed
+
+    def _connect(self, client_id: str, *, shared: bool) -> aiomqtt.Client:
         return aiomqtt.Client(
             self.host,
             self.port,
-            identifier=self.client_id,
+            identifier=client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             keepalive=self.keepalive_s,
             timeout=BROKER_TIMEOUT_S,
             max_queued_incoming_messages=self.max_incoming,
-            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", functools.partial(_Intake, self)),
+            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", functools.partial(_Intake, self, shared=shared)),
             properties=_connect_properties(MAX_RECEIVE),
         )
 
-    async def _subscribe_all(self, client: aiomqtt.Client) -> None:
+    async def _subscribe_bulk(self, client: aiomqtt.Client) -> None:
+        """The shared subscription, without retained messages (retain handling 2): Mosquitto 2.0 sends them to
+        shared subscriptions too, which doubled the burst on connect; ``STATUS`` (control) brings them once."""
+        shared = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        await _subscribe(client, [f"$share/{self.group}/{mqtt.uplink_filter(site)}" for site in self.sites],
+                         SUB_SHARED, shared)  # fmt: skip
+
+    async def _subscribe_control(self, client: aiomqtt.Client) -> None:
         """Subscribe, the statuses last and all sites' in one SUBSCRIBE: the broker answers with the retained
         burst (a status per meter, tens of thousands), and a SUBACK queued behind it would wait for all of it."""
         ups = [mqtt.uplink_filter(site) for site in self.sites]
-        # no retained messages by the shared subscription (retain handling 2): Mosquitto 2.0 sends them to
-        # shared subscriptions too, which doubled the burst on connect; STATUS brings them once
-        shared = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        await _subscribe(client, [f"$share/{self.group}/{up}" for up in ups], SUB_SHARED, shared)
         await _subscribe(client, [up.removesuffix("#") + mqtt.Kind.ACK for up in ups], SUB_ACK)
         for topic_filter in list(self._direct):  # waiters that outlived a reconnect
             await client.subscribe(topic_filter, qos=1, properties=_subscribe_properties(_direct_id(topic_filter)))
         await _subscribe(client, [up.removesuffix("#") + mqtt.Kind.STATUS for up in ups], SUB_STATUS)
 
-    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _serve(
+        self, client: aiomqtt.Client, stop: asyncio.Event, side: Coroutine[Any, Any, None] | None = None
+    ) -> None:
+        """Take the connection's messages until stop or loss (an ``MqttError``), running ``side`` meanwhile."""
         reader = asyncio.create_task(self._take_messages(client))
         stopper = asyncio.create_task(stop.wait())
-        asker = asyncio.create_task(self._ask_again(client))
+        others = [asyncio.create_task(side)] if side is not None else []
         try:
             await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
             if reader.done():
                 reader.result()  # re-raise the MqttError that ended it
         finally:
-            await _cancel([reader, stopper, asker])
+            await _cancel([reader, stopper, *others])
 
     async def _take_messages(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:  # only readings and events for the sinks queue (``_Intake``)
+        # only readings and events for the sinks queue (``_Intake``), and only on the bulk connection: on the
+        # control connection this waits for the connection's end
+        async for message in client.messages:
             await self.take(str(message.topic), bytes(message.payload))
 
     async def _ask_again(self, client: aiomqtt.Client) -> None:
@@ -648,12 +745,21 @@ class MqttLink:
 
     # --- uplink ---
 
-    def receive(self, topic_text: str, payload: bytes, subscriptions: frozenset[int], retained: bool = False) -> bool:
+    def receive(
+        self,
+        topic_text: str,
+        payload: bytes,
+        subscriptions: frozenset[int],
+        retained: bool = False,
+        *,
+        shared: bool | None = None,
+    ) -> bool:
         """Take one uplink message on receipt; False when it is a reading or an event for a sink, which the
         caller queues for ``take`` (the only messages that may wait: see ``_Intake``).
 
-        Sinks get a message only when it came by the shared subscription (or by an unknown one: a broker that
-        sends no subscription identifiers is treated as if everything were shared). A retained message is the
+        Sinks get a message only when it came by the shared subscription: ``shared`` when the caller knows (the
+        connection it came by: bulk or control), else by its subscription identifiers (a message without any is
+        treated as shared: a broker that sends no identifiers). A retained message is the
         broker's stored copy, sent when we subscribe (every meter's status at once, a burst of thousands on
         connect): it only sets the online map. With ``known_only``, messages of meters not registered (another
         site or tenant on the same broker) are dropped, counted and logged in a summary.
@@ -664,7 +770,8 @@ class MqttLink:
         if isinstance(topic, mqtt.SchemaError):
             self._refuse(topic_text, topic)
             return True
-        shared = SUB_SHARED in subscriptions or not subscriptions
+        if shared is None:
+            shared = SUB_SHARED in subscriptions or not subscriptions
         key = _key(topic.site, topic.meter)
         if self.known_only and key not in self._meter_ids and topic.kind not in (mqtt.Kind.ACK, mqtt.Kind.RAW):
             if shared or retained:  # count each message once, by the copy that would have reached a sink
@@ -1008,6 +1115,15 @@ class MqttLink:
             return
         if not ready.done():
             ready.set_result(None)
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``waits`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _cancel(tasks)
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
