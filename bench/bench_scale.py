@@ -89,6 +89,20 @@ def _pids_named(name: str) -> list[int]:
     return found
 
 
+def _postgresql_cpu_s() -> float:
+    """CPU seconds of PostgreSQL so far: the postmaster's own and those of its children that have ended
+    (``cutime``/``cstime``), plus every live backend's. Summing the backends alive at the start alone would miss
+    the connections opened during the window and lose the ones closed in it."""
+    pids = _pids_named("postgres")
+    parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in pids}
+    masters = [pid for pid, parent in parents.items() if parent not in parents]
+    total = 0.0
+    for master in masters:
+        fields = Path(f"/proc/{master}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(value) for value in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+    return total + _cpu_of([pid for pid in pids if pid not in masters])
+
+
 def _cpu_of(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -374,9 +388,10 @@ def measure(meters: int, interval_s: float, window_s: float, ingest: str = "dire
         sampler = Sampler(engine, [f"M{i}" for i in range(PROBES, meters, max(1, meters // 500))])
         tripped_at = drive_probes_to_zero(engine)
         pids = {name: p.pid for name, p in processes.items()} | {"simulator": fleet.pid}
-        shared = {"mosquitto": _pids_named("mosquitto"), "postgresql": _pids_named("postgres")}
+        mosquitto = _pids_named("mosquitto")
         pids[SAMPLER] = sampler.backend_pid
-        cpu_before = {name: _cpu_s(pid) for name, pid in pids.items()} | {n: _cpu_of(p) for n, p in shared.items()}
+        cpu_before = {name: _cpu_s(pid) for name, pid in pids.items()}
+        cpu_before |= {"mosquitto": _cpu_of(mosquitto), "postgresql": _postgresql_cpu_s()}
         with engine.connect() as conn:
             count_before = int(conn.execute(select(func.count()).select_from(readings)).scalar_one())
         window_started = time.time()
@@ -395,7 +410,8 @@ def measure(meters: int, interval_s: float, window_s: float, ingest: str = "dire
         load = f"{load_before} .. {Path('/proc/loadavg').read_text().split()[0]}"
         with engine.connect() as conn:
             count_after = int(conn.execute(select(func.count()).select_from(readings)).scalar_one())
-        cpu_after = {name: _cpu_s(pid) for name, pid in pids.items()} | {n: _cpu_of(p) for n, p in shared.items()}
+        cpu_after = {name: _cpu_s(pid) for name, pid in pids.items()}
+        cpu_after |= {"mosquitto": _cpu_of(mosquitto), "postgresql": _postgresql_cpu_s()}
         sampler.conn.close()
         sampler_cpu_s = cpu_after.pop(SAMPLER) - cpu_before[SAMPLER]
         cpu_after["postgresql"] -= sampler_cpu_s  # the platform's backends only, not the bench's own queries
