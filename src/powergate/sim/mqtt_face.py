@@ -60,6 +60,10 @@ REPORT_TICK_S = 0.05
 """The report loop sleeps at least this long between batches: a reading leaves at most this late."""
 MAX_SEND_QUEUE = 10_000
 """Packets waiting for the socket on one connection beyond which a reading is dropped, not queued."""
+SEND_QUEUE_PER_METER = 2
+"""...and at most this many per meter of the connection: a real meter has its own connection and never more than
+a reading or two waiting, so its command ack is never stuck behind thousands of other meters' readings (at 500
+meters a connection and a 10,000-packet queue, acks waited so long under a flood that commands timed out)."""
 READING_CHECK_EVERY = 64
 """Every this many readings a connection sends, the payload is decoded again against the schema."""
 
@@ -209,6 +213,7 @@ class MqttGateway:
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._readings_encoded = 0
+        self.send_queue_limit = min(MAX_SEND_QUEUE, SEND_QUEUE_PER_METER * len(self.meters))
 
     def _status(self, meter: VirtualMeter, state: str, reason: str | None = None) -> tuple[str, bytes]:
         at = None if reason == "last will" else meter_datetime(meter, self.clock())
@@ -300,7 +305,7 @@ class MqttGateway:
             payload = self._encode_reading(reading)
             garbled = self.faults.maybe_garble(payload)
             self.stats.garbled += garbled != payload
-            if _send_now(client, mqtt.message_topic(self.site, reading), garbled):
+            if _send_now(client, mqtt.message_topic(self.site, reading), garbled, self.send_queue_limit):
                 self.stats.readings_published += 1
             else:
                 self.stats.dropped += 1
@@ -354,10 +359,9 @@ class MqttGateway:
             await self.publish_reading(meter)
 
 
-def _send_now(client: aiomqtt.Client, topic: str, payload: bytes) -> bool:
+def _send_now(client: aiomqtt.Client, topic: str, payload: bytes, limit: int = MAX_SEND_QUEUE) -> bool:
     """Queue a QoS 0 message on the connection without waiting for the write to be confirmed; ``False`` (not
-    sent) when ``MAX_SEND_QUEUE`` packets already wait for the socket, as a concentrator drops what it cannot
-    send.
+    sent) when ``limit`` packets already wait for the socket, as a concentrator drops what it cannot send.
 
     aiomqtt's ``publish`` waits for paho's ``on_publish`` even at QoS 0; its underlying paho client
     (``Client._client``) queues the packet, and the event loop's writer callback (aiomqtt's) sends it.
@@ -365,7 +369,7 @@ def _send_now(client: aiomqtt.Client, topic: str, payload: bytes) -> bool:
     A connection that is gone raises, as ``publish`` would.
     """
     sender = client._client  # the private attribute: see above
-    if len(getattr(sender, "_out_packet", ())) >= MAX_SEND_QUEUE:
+    if len(getattr(sender, "_out_packet", ())) >= limit:
         return False
     info = sender.publish(topic, payload, qos=0)
     if info.rc != paho.MQTT_ERR_SUCCESS:
