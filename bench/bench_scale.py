@@ -21,7 +21,6 @@ footprint). After a warm-up of one interval, over the measuring window:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import signal
@@ -257,20 +256,8 @@ def start_fleet(world: World, interval_s: float, duration_s: float, logs: Path) 
              "--dtus", str(connections), "--broker", "127.0.0.1:1883", "--interval", str(interval_s),
              "--site", world.site, "--seed", "1", "--delay-ms", "0", "--duration", str(duration_s),
              "--progress-s", "5"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=_fleet_first,
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
-
-
-FLEET_NICENESS = -10
-
-
-def _fleet_first() -> None:
-    """Run the fleet ahead of everything else on the machine (``nice -10``, where allowed): real meters bring
-    their own processors, and a load generator starved by the platform it measures stops answering commands
-    (at 5,000 readings/s offered on 2 cores its connections timed out and the probes' commands found their meters
-    gone), which measures the bench, not the platform. The platform gets what the fleet leaves."""
-    with contextlib.suppress(OSError):
-        os.nice(FLEET_NICENESS)
 
 
 def wait_fleet_running(log: Path, fleet: subprocess.Popen[bytes], timeout_s: float) -> float:
