@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine
 
+from bench.bench_scale import TARIFF
 from powergate.domain.ledger import recharge_entry, wallet_code
 from powergate.domain.rating import Reading
 from powergate.services import ingest_queue, prepaid
@@ -37,15 +38,6 @@ from powergate.store import metering
 from powergate.store.db import make_engine, upgrade
 
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-TARIFF = """
-id = "flat"
-name = "1 yuan/kWh"
-commodity = "electricity"
-currency = "CNY"
-[[versions]]
-effective_from = "2020-01-01"
-price = "1.0000"
-"""
 T0 = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
 
 

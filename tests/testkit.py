@@ -6,11 +6,14 @@ They live here, not in ``conftest.py``: with several ``conftest.py`` files in th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import socket
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -116,3 +119,33 @@ def publish_and_wait(broker: tuple[str, int], messages: Sequence[tuple[str, byte
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+WAIT_S = 20.0
+"""How long the async helpers below wait before they fail a test (a loaded 2-core CI machine gets slack)."""
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    """Poll ``condition()`` every 20 ms; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(*tasks: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIterator[None]:
+    """Run ``task(stop)`` for each until the block ends, then stop them all and surface their errors."""
+    stop = asyncio.Event()
+    runners = [asyncio.create_task(task(stop)) for task in tasks]  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        stop.set()
+        done, hanging = await asyncio.wait(runners, timeout=WAIT_S)
+        for task in hanging:
+            task.print_stack()
+            task.cancel()
+        assert not hanging, f"{len(hanging)} of {len(runners)} tasks did not stop within {WAIT_S} s"
+        for task in done:
+            task.result()

@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
@@ -37,6 +37,7 @@ from powergate.sim import dlt645_face
 from powergate.sim.meter import EventKind, VirtualMeter
 from powergate.sim.mqtt_face import MqttGateway
 from powergate.sim.profiles import RESIDENTIAL
+from testkit import running, until
 
 pytestmark = pytest.mark.mqtt
 TIMEOUT_S = 20.0
@@ -89,31 +90,6 @@ def new_link(
         batch_wait_s=0.05,
         **options,  # type: ignore[arg-type]
     )
-
-
-@contextlib.asynccontextmanager
-async def running(*tasks: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIterator[None]:
-    """Run ``task(stop)`` for each until the block ends, then stop them all and surface their errors."""
-    stop = asyncio.Event()
-    runners = [asyncio.create_task(task(stop)) for task in tasks]
-    try:
-        yield
-    finally:
-        stop.set()
-        done, hanging = await asyncio.wait(runners, timeout=TIMEOUT_S)
-        for task in hanging:
-            task.print_stack()
-            task.cancel()
-        assert not hanging, f"{len(hanging)} of {len(runners)} tasks did not stop within {TIMEOUT_S} s"
-        for task in done:
-            task.result()
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def clear_retained(broker: tuple[str, int], site: str, addresses: Sequence[str]) -> None:

@@ -8,11 +8,10 @@ Each test uses its own random site and group names, so other tests on the same b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -27,7 +26,7 @@ from powergate.store import ledger as ledger_store
 from powergate.store import metering
 from powergate.store.tables import readings
 from powergate.store.tables_headend import meter_events
-from testkit import FLAT_TARIFF, publish_and_wait, unique
+from testkit import FLAT_TARIFF, publish_and_wait, running, unique, until
 
 pytestmark = pytest.mark.mqtt
 TIMEOUT_S = 15.0
@@ -66,29 +65,6 @@ def new_link(broker: tuple[str, int], sites: Sequence[str], sink: Collected, **o
         notice_sink=sink.take_notices,
         **options,  # type: ignore[arg-type]
     )
-
-
-@contextlib.asynccontextmanager
-async def running(*tasks: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    runners = [asyncio.create_task(task(stop)) for task in tasks]
-    try:
-        yield
-    finally:
-        stop.set()
-        done, hanging = await asyncio.wait(runners, timeout=TIMEOUT_S)
-        for task in hanging:
-            task.cancel()
-        assert not hanging, "a task did not stop"
-        for task in done:
-            task.result()
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -23,7 +23,7 @@ import pytest
 from powergate.headend.model import CommandKind, CommandResult, MeterCommand, MeterEndpoint, MeterSnapshot, Transport
 from powergate.headend.mqtt_link import MqttLink, Notice
 from powergate.protocols import mqtt
-from testkit import unique
+from testkit import running, unique, until
 
 pytestmark = pytest.mark.mqtt
 TIMEOUT_S = 20.0
@@ -135,29 +135,6 @@ async def publish(broker: tuple[str, int], messages: Sequence[tuple[str, bytes]]
 
 async def clear_statuses(broker: tuple[str, int], site: str, meters: Sequence[str]) -> None:
     await publish(broker, [(mqtt.topic(site, m, mqtt.Direction.UP, mqtt.Kind.STATUS), b"") for m in meters], True)
-
-
-@contextlib.asynccontextmanager
-async def running(*tasks: Callable[[asyncio.Event], Coroutine[None, None, None]]) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    runners = [asyncio.create_task(task(stop)) for task in tasks]
-    try:
-        yield
-    finally:
-        stop.set()
-        done, hanging = await asyncio.wait(runners, timeout=TIMEOUT_S)
-        for task in hanging:
-            task.cancel()
-        assert not hanging, "a task did not stop"
-        for task in done:
-            task.result()
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def settled(state: Callable[[], object], what: str, quiet_s: float = 0.5) -> None:

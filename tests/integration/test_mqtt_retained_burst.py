@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import aiomqtt
@@ -20,7 +19,7 @@ import pytest
 from powergate.headend.model import CommandKind, CommandResult, MeterCommand, MeterEndpoint, MeterSnapshot, Transport
 from powergate.headend.mqtt_link import MqttLink, Notice, OnlineChange
 from powergate.protocols import mqtt
-from testkit import publish_and_wait, unique
+from testkit import publish_and_wait, unique, until
 
 pytestmark = pytest.mark.mqtt
 TIMEOUT_S = 20.0
@@ -61,13 +60,6 @@ async def running(link: MqttLink) -> AsyncIterator[None]:
     finally:
         stop.set()
         await asyncio.wait_for(task, TIMEOUT_S)
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
