@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,20 @@ async def running(*tasks: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIt
         assert not hanging, f"{len(hanging)} of {len(runners)} tasks did not stop within {WAIT_S} s"
         for task in done:
             task.result()
+
+
+class StalledSinks:
+    """An MQTT link's sinks for a database that is behind: readings are not taken until ``release`` is set;
+    notices are taken at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.readings: list[Any] = []
+        self.notices: list[Any] = []
+
+    async def take_readings(self, batch: Sequence[Any]) -> None:
+        await self.release.wait()
+        self.readings.extend(batch)
+
+    async def take_notices(self, batch: Sequence[Any]) -> None:
+        self.notices.extend(batch)

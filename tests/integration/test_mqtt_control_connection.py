@@ -20,10 +20,10 @@ import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 
-from powergate.headend.model import CommandKind, CommandResult, MeterCommand, MeterEndpoint, MeterSnapshot, Transport
-from powergate.headend.mqtt_link import MqttLink, Notice
+from powergate.headend.model import CommandKind, CommandResult, MeterCommand, MeterEndpoint, Transport
+from powergate.headend.mqtt_link import MqttLink
 from powergate.protocols import mqtt
-from testkit import running, unique, until
+from testkit import StalledSinks, running, unique, until
 
 pytestmark = pytest.mark.mqtt
 TIMEOUT_S = 20.0
@@ -53,22 +53,6 @@ def reading(site: str, meter: str, total_wh: int) -> tuple[str, bytes]:
 def status(site: str, meter: str, state: str) -> tuple[str, bytes]:
     message = mqtt.Status(meter, state, AT)
     return mqtt.message_topic(site, message), mqtt.encode(message)
-
-
-class Blocked:
-    """Sinks for a database that is behind: readings are not taken until ``release`` is set."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.readings: list[MeterSnapshot] = []
-        self.notices: list[Notice] = []
-
-    async def take_readings(self, batch: Sequence[MeterSnapshot]) -> None:
-        await self.release.wait()
-        self.readings.extend(batch)
-
-    async def take_notices(self, batch: Sequence[Notice]) -> None:
-        self.notices.extend(batch)
 
 
 class Meter:
@@ -157,7 +141,7 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(bounded())
 
 
-def new_link(broker: tuple[str, int], site: str, sink: Blocked, **options: object) -> MqttLink:
+def new_link(broker: tuple[str, int], site: str, sink: StalledSinks, **options: object) -> MqttLink:
     return MqttLink(
         *broker,
         group=unique("g"),
@@ -182,7 +166,7 @@ def test_commands_are_acked_in_seconds_while_readings_flood_a_link_whose_reading
 ) -> None:
     site, meter = unique("s"), address(1)
     target = endpoint(site, meter)
-    sink = Blocked()
+    sink = StalledSinks()
     flood = Flood(mqtt_broker, site)
     latencies: list[float] = []
 
@@ -229,7 +213,7 @@ def test_the_broker_dropping_the_bulk_connection_fails_no_command_and_readings_r
 ) -> None:
     site, meter = unique("s"), address(2)
     target = endpoint(site, meter)
-    sink = Blocked()
+    sink = StalledSinks()
     sink.release.set()
 
     async def scenario() -> None:

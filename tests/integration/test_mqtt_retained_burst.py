@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import aiomqtt
 import pytest
 
-from powergate.headend.model import CommandKind, CommandResult, MeterCommand, MeterEndpoint, MeterSnapshot, Transport
-from powergate.headend.mqtt_link import MqttLink, Notice, OnlineChange
+from powergate.headend.model import CommandKind, CommandResult, MeterCommand, MeterEndpoint, Transport
+from powergate.headend.mqtt_link import MqttLink, OnlineChange
 from powergate.protocols import mqtt
-from testkit import publish_and_wait, unique, until
+from testkit import StalledSinks, publish_and_wait, unique, until
 
 pytestmark = pytest.mark.mqtt
 TIMEOUT_S = 20.0
@@ -32,22 +32,6 @@ def address(index: int) -> str:
 
 def endpoint(site: str, meter: str) -> MeterEndpoint:
     return MeterEndpoint(f"M-{meter}", Transport.MQTT, meter, site)
-
-
-class Stalled:
-    """Sinks for a database that is behind: readings are not taken until ``release`` is set."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.readings: list[MeterSnapshot] = []
-        self.notices: list[Notice] = []
-
-    async def take_readings(self, batch: Sequence[MeterSnapshot]) -> None:
-        await self.release.wait()
-        self.readings.extend(batch)
-
-    async def take_notices(self, batch: Sequence[Notice]) -> None:
-        self.notices.extend(batch)
 
 
 @contextlib.asynccontextmanager
@@ -118,7 +102,7 @@ def test_with_the_reading_sink_stalled_statuses_and_acks_are_still_taken_and_onl
     mqtt_broker: tuple[str, int],
 ) -> None:
     site, meter, other = unique("s"), address(1), address(2)
-    sink = Stalled()
+    sink = StalledSinks()
     flood = 600
     acked: list[str] = []
     dropped: list[int] = []

@@ -12,21 +12,13 @@ from powergate.domain.structure import PaymentChannel, RoomUse
 from powergate.services import accounts, billing
 from powergate.store import metering
 from powergate.web.i18n import format_money
+from testkit import FLAT_TARIFF as FLAT
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 MOVED_IN = dt.datetime(2026, 10, 1, tzinfo=SHANGHAI).astimezone(dt.UTC)
 NOV = dt.date(2026, 11, 1)
 DEC_1 = dt.datetime(2026, 12, 1, 1, 0, tzinfo=SHANGHAI).astimezone(dt.UTC)
 ACTOR = "system:test"
-FLAT = """
-id = "flat"
-name = "1 yuan/kWh"
-commodity = "electricity"
-currency = "CNY"
-[[versions]]
-effective_from = "2020-01-01"
-price = "1.0000"
-"""
 
 
 def make_site(web: Any) -> tuple[int, int, dict[str, int]]:

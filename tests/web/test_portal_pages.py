@@ -40,17 +40,9 @@ from powergate.store.tables import ledger_accounts, ledger_entries, ledger_posti
 from powergate.store.tables_portal import portal_login_codes
 from powergate.web.app import create_app
 from powergate.web.settings import WebSettings
+from testkit import FLAT_TARIFF as FLAT
 
 YUAN = 1_000_000
-FLAT = """
-id = "flat"
-name = "1 yuan/kWh"
-commodity = "electricity"
-currency = "CNY"
-[[versions]]
-effective_from = "2020-01-01"
-price = "1.0000"
-"""
 SANDBOX_SECRET = b"portal-test-sandbox-secret-0123"
 ACTOR = "system:test"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
